@@ -71,7 +71,9 @@ def minilm_dir() -> Path:
         with zipfile.ZipFile(whl) as zf:
             names = [n for n in zf.namelist() if n.endswith(("model.safetensors", ".json", ".txt"))]
             zf.extractall(tmp / "x", members=names)
-        (src,) = {Path(p).parent for p in glob.glob(str(tmp / "x/**/model.safetensors"), recursive=True)}
+        (src,) = {
+            Path(p).parent for p in glob.glob(str(tmp / "x/**/model.safetensors"), recursive=True)
+        }
         for f in src.iterdir():
             if f.is_file():
                 shutil.move(str(f), tmp / f.name)
@@ -115,7 +117,9 @@ def movie_snippets_file() -> Path:
             data = tf.extractfile(inner).read()
         (tmp / "h.tar.gz").write_bytes(data)
         with tarfile.open(tmp / "h.tar.gz") as tf:
-            m = next(m for m in tf.getmembers() if m.name.endswith("movieReviewSnippets_GroundTruth.txt"))
+            m = next(
+                m for m in tf.getmembers() if m.name.endswith("movieReviewSnippets_GroundTruth.txt")
+            )
             (tmp / "movieReviewSnippets_GroundTruth.txt").write_bytes(tf.extractfile(m).read())
         (tmp / "h.tar.gz").unlink()
         sdist.unlink()

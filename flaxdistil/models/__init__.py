@@ -1,0 +1,17 @@
+"""Flax modules for BERT-like encoders: config, encoder, heads."""
+
+from flaxdistil.models.config import FAMILIES, HEADS, ModelConfig
+from flaxdistil.models.encoder import Encoder, Layer
+from flaxdistil.models.heads import Model, build, init_params, uses_pooler
+
+__all__ = [
+    "FAMILIES",
+    "HEADS",
+    "ModelConfig",
+    "Encoder",
+    "Layer",
+    "Model",
+    "build",
+    "init_params",
+    "uses_pooler",
+]

@@ -1,0 +1,226 @@
+"""One encoder for BERT, RoBERTa and DistilBERT; layers stacked with nn.scan.
+
+The families share a post-LayerNorm transformer block and differ in the embeddings (RoBERTa's
+padding-offset positions, DistilBERT's missing token types and optional sinusoidal positions),
+activations, eps and dropout placement. Layer params carry a leading layer axis, so a student is a
+slice of the teacher's pytree (see student.py).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flaxdistil.models.config import ModelConfig
+
+ACTIVATIONS = {
+    "gelu": functools.partial(jax.nn.gelu, approximate=False),  # HF "gelu" is the erf form
+    "gelu_new": functools.partial(jax.nn.gelu, approximate=True),
+    "gelu_pytorch_tanh": functools.partial(jax.nn.gelu, approximate=True),
+    "gelu_fast": functools.partial(jax.nn.gelu, approximate=True),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+    "tanh": jnp.tanh,
+}
+
+REMAT_POLICIES = {
+    "none": None,  # recompute everything in the backward pass
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+def activation(name: str):
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unsupported hidden_act {name!r}: expected one of {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
+def dense(cfg: ModelConfig, features: int, name: str, dtype) -> nn.Dense:
+    init = nn.initializers.normal(cfg.initializer_range)
+    return nn.Dense(features, dtype=dtype, kernel_init=init, name=name)
+
+
+def layer_norm(cfg: ModelConfig, name: str, dtype) -> nn.LayerNorm:
+    return nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=dtype, name=name)
+
+
+def sinusoidal_table(n_pos: int, dim: int) -> np.ndarray:
+    """DistilBERT's create_sinusoidal_embeddings."""
+    pos = np.arange(n_pos)[:, None] / np.power(10000, 2 * (np.arange(dim)[None] // 2) / dim)
+    table = np.zeros((n_pos, dim), np.float32)
+    table[:, 0::2], table[:, 1::2] = np.sin(pos[:, 0::2]), np.cos(pos[:, 1::2])
+    return table
+
+
+def position_ids(cfg: ModelConfig, input_ids_BxT: jax.Array) -> jax.Array:
+    if cfg.model_type == "roberta":
+        # RoBERTa counts positions from pad_token_id + 1 over non-pad tokens only.
+        real = (input_ids_BxT != cfg.pad_token_id).astype(jnp.int32)
+        return jnp.cumsum(real, axis=1) * real + cfg.pad_token_id
+    return jnp.broadcast_to(jnp.arange(input_ids_BxT.shape[1]), input_ids_BxT.shape)
+
+
+class Embeddings(nn.Module):
+    config: ModelConfig
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, input_ids_BxT, token_type_ids_BxT, deterministic: bool):
+        cfg = self.config
+        init = nn.initializers.normal(cfg.initializer_range)
+        embed = lambda n, name, i=init: nn.Embed(n, cfg.hidden_size, embedding_init=i, name=name)
+        word = embed(cfg.vocab_size, "word_embeddings")
+        x_BxTxD = word(input_ids_BxT)
+        if cfg.sinusoidal_pos_embds:
+            table = sinusoidal_table(cfg.max_position_embeddings, cfg.hidden_size)
+            pos = embed(cfg.max_position_embeddings, "position_embeddings", lambda *_: table)
+            # HF freezes the sinusoidal table (requires_grad=False).
+            x_BxTxD += jax.lax.stop_gradient(pos(position_ids(cfg, input_ids_BxT)))
+        else:
+            x_BxTxD += embed(cfg.max_position_embeddings, "position_embeddings")(
+                position_ids(cfg, input_ids_BxT)
+            )
+        if cfg.type_vocab_size:
+            if token_type_ids_BxT is None:
+                token_type_ids_BxT = jnp.zeros_like(input_ids_BxT)
+            x_BxTxD += embed(cfg.type_vocab_size, "token_type_embeddings")(token_type_ids_BxT)
+        x_BxTxD = layer_norm(cfg, "LayerNorm", self.dtype)(x_BxTxD)
+        x_BxTxD = nn.Dropout(cfg.hidden_dropout_prob)(x_BxTxD, deterministic=deterministic)
+        return x_BxTxD.astype(self.dtype), word
+
+
+class SelfAttention(nn.Module):
+    config: ModelConfig
+    dtype: jnp.dtype = jnp.float32
+    deterministic: bool = True
+    output_attentions: bool = False
+    # "einsum" materialises the probabilities (needed for attention losses and parity);
+    # "fused" calls jax.nn.dot_product_attention (cuDNN flash attention on GPU).
+    attention_impl: str = "einsum"
+
+    @nn.compact
+    def __call__(self, x_BxTxD, mask_BxT):
+        cfg = self.config
+        B, T, _ = x_BxTxD.shape
+        H, K = cfg.num_attention_heads, cfg.head_dim
+        split = lambda y: y.reshape(B, T, H, K)
+        q_BxTxHxK = split(dense(cfg, cfg.hidden_size, "query", self.dtype)(x_BxTxD))
+        k_BxTxHxK = split(dense(cfg, cfg.hidden_size, "key", self.dtype)(x_BxTxD))
+        v_BxTxHxK = split(dense(cfg, cfg.hidden_size, "value", self.dtype)(x_BxTxD))
+        keep_Bx1x1xT = mask_BxT[:, None, None, :].astype(bool)
+        dropout_on = not self.deterministic and cfg.attention_probs_dropout_prob > 0
+        probs_BxHxTxT = None
+        if self.attention_impl == "fused" and not self.output_attentions and not dropout_on:
+            ctx_BxTxHxK = jax.nn.dot_product_attention(
+                q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, mask=keep_Bx1x1xT
+            )
+        else:
+            scores = jnp.einsum("bqhk,bthk->bhqt", q_BxTxHxK, k_BxTxHxK) / np.sqrt(K)
+            # Softmax in fp32 even under bf16 compute; masked keys get the dtype's minimum
+            # (as transformers does) so all-padding rows stay finite.
+            scores = scores.astype(jnp.float32)
+            scores = jnp.where(keep_Bx1x1xT, scores, jnp.finfo(jnp.float32).min)
+            probs_BxHxTxT = jax.nn.softmax(scores, axis=-1)
+            dropped = nn.Dropout(cfg.attention_probs_dropout_prob)(
+                probs_BxHxTxT, deterministic=self.deterministic
+            )
+            ctx_BxTxHxK = jnp.einsum("bhqt,bthk->bqhk", dropped.astype(self.dtype), v_BxTxHxK)
+        out_BxTxD = dense(cfg, cfg.hidden_size, "out", self.dtype)(ctx_BxTxHxK.reshape(B, T, -1))
+        return out_BxTxD, probs_BxHxTxT
+
+
+class Layer(nn.Module):
+    """Post-LN transformer block; its __call__ has nn.scan's (carry, x) -> (carry, y) form."""
+
+    config: ModelConfig
+    dtype: jnp.dtype = jnp.float32
+    deterministic: bool = True
+    output_hidden_states: bool = False
+    output_attentions: bool = False
+    attention_impl: str = "einsum"
+
+    @nn.compact
+    def __call__(self, h_BxTxD, mask_BxT):
+        cfg = self.config
+        drop = lambda y: nn.Dropout(cfg.hidden_dropout_prob)(y, deterministic=self.deterministic)
+        attn_out, probs = SelfAttention(
+            cfg,
+            self.dtype,
+            self.deterministic,
+            self.output_attentions,
+            self.attention_impl,
+            name="attention",
+        )(h_BxTxD, mask_BxT)
+        if cfg.model_type != "distilbert":  # DistilBERT has no dropout after out_lin
+            attn_out = drop(attn_out)
+        h_BxTxD = layer_norm(cfg, "attention_norm", self.dtype)(attn_out + h_BxTxD)
+        y = dense(cfg, cfg.intermediate_size, "fc1", self.dtype)(h_BxTxD)
+        y = drop(dense(cfg, cfg.hidden_size, "fc2", self.dtype)(activation(cfg.hidden_act)(y)))
+        h_BxTxD = layer_norm(cfg, "mlp_norm", self.dtype)(y + h_BxTxD).astype(self.dtype)
+        ys = (
+            h_BxTxD if self.output_hidden_states else None,
+            probs if self.output_attentions else None,
+        )
+        return h_BxTxD, ys
+
+
+class Encoder(nn.Module):
+    """Embeddings + scanned layers (+ pooler). Returns the last hidden state and an aux dict."""
+
+    config: ModelConfig
+    dtype: jnp.dtype = jnp.float32
+    with_pooler: bool = False
+    remat: str | None = None  # None: no remat; else a key of REMAT_POLICIES
+    attention_impl: str = "einsum"
+
+    @nn.compact
+    def __call__(
+        self,
+        input_ids_BxT,
+        attention_mask_BxT=None,
+        token_type_ids_BxT=None,
+        *,
+        train: bool = False,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ):
+        cfg = self.config
+        if attention_mask_BxT is None:
+            attention_mask_BxT = jnp.ones_like(input_ids_BxT)
+        h_BxTxD, word = Embeddings(cfg, self.dtype, name="embeddings")(
+            input_ids_BxT, token_type_ids_BxT, not train
+        )
+        layer_cls = Layer
+        if self.remat is not None:
+            layer_cls = nn.remat(Layer, policy=REMAT_POLICIES[self.remat], prevent_cse=False)
+        stack = nn.scan(
+            layer_cls,
+            variable_axes={"params": 0},
+            split_rngs={"params": True, "dropout": True},
+            in_axes=nn.broadcast,
+            length=cfg.num_hidden_layers,
+        )
+        last_BxTxD, (hidden_LxBxTxD, att_LxBxHxTxT) = stack(
+            cfg,
+            self.dtype,
+            not train,
+            output_hidden_states,
+            output_attentions,
+            self.attention_impl,
+            name="layer",
+        )(h_BxTxD, attention_mask_BxT)
+        aux = {"last_hidden_state": last_BxTxD, "word_embeddings": word.embedding}
+        if output_hidden_states:
+            aux["hidden_states"] = jnp.concatenate([h_BxTxD[None], hidden_LxBxTxD], axis=0)
+        if output_attentions:
+            aux["attentions"] = att_LxBxHxTxT
+        if self.with_pooler:
+            pooled = dense(cfg, cfg.hidden_size, "pooler", self.dtype)(last_BxTxD[:, 0])
+            aux["pooled"] = jnp.tanh(pooled)
+        return last_BxTxD, aux

@@ -1,0 +1,144 @@
+"""Task heads on the shared encoder, one Model class for every (family, head) pair.
+
+``logits, aux = Model(cfg, head).apply({'params': p}, input_ids, attention_mask, ...)``
+ - head None: logits is None (a bare encoder, like HF's BertModel).
+ - "mlm": [B, T, V] (or [B, P, V] at ``masked_positions``), decoder tied to the word embeddings.
+ - "seq_cls": [B, num_labels] (regression: num_labels = 1).
+ - "token_cls": [B, T, num_labels].
+ - "qa": [B, T, 2] (start, end).
+aux holds 'last_hidden_state', and on request 'hidden_states' [L+1, B, T, D] (index 0: embeddings)
+and 'attentions' [L, B, H, T, T]; 'pooled' where a pooler exists.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from flaxdistil.models.config import HEADS, ModelConfig
+from flaxdistil.models.encoder import Encoder, activation, dense, layer_norm
+
+
+def uses_pooler(cfg: ModelConfig, head: str | None) -> bool:
+    """HF builds the pooler for the bare model and for BERT's sequence classifier only."""
+    return cfg.add_pooler and (head is None or (head == "seq_cls" and cfg.model_type == "bert"))
+
+
+def token_head_dropout(cfg: ModelConfig, head: str) -> float:
+    """Dropout before the per-token heads, as each HF family has it (BERT/RoBERTa QA: none)."""
+    if head == "qa":
+        return cfg.qa_dropout if cfg.model_type == "distilbert" else 0.0
+    if cfg.model_type == "distilbert" or cfg.classifier_dropout is None:
+        return cfg.hidden_dropout_prob
+    return cfg.classifier_dropout
+
+
+class MLMHead(nn.Module):
+    config: ModelConfig
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, h_BxPxD, word_embeddings_VxD):
+        cfg = self.config
+        y = dense(cfg, cfg.hidden_size, "transform", self.dtype)(h_BxPxD)
+        y = layer_norm(cfg, "norm", self.dtype)(activation(cfg.hidden_act)(y))
+        bias = self.param("bias", nn.initializers.zeros, (cfg.vocab_size,))
+        logits = jnp.einsum("bpd,vd->bpv", y, word_embeddings_VxD.astype(self.dtype))
+        return logits + bias.astype(self.dtype)
+
+
+class ClassificationHead(nn.Module):
+    """BERT: dropout -> out on the pooled vector. RoBERTa: dropout -> dense -> tanh -> dropout ->
+    out on <s>. DistilBERT: dense (pre_classifier) -> ReLU -> dropout -> out on [CLS]."""
+
+    config: ModelConfig
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, h_BxTxD, pooled_BxD, deterministic: bool):
+        cfg = self.config
+        if cfg.model_type == "distilbert":
+            p = cfg.seq_classif_dropout
+        else:
+            p = (
+                cfg.hidden_dropout_prob
+                if cfg.classifier_dropout is None
+                else cfg.classifier_dropout
+            )
+        drop = lambda y: nn.Dropout(p)(y, deterministic=deterministic)
+        if cfg.model_type == "bert":
+            x = drop(pooled_BxD)
+        elif cfg.model_type == "roberta":
+            x = drop(
+                jnp.tanh(dense(cfg, cfg.hidden_size, "dense", self.dtype)(drop(h_BxTxD[:, 0])))
+            )
+        else:
+            x = drop(jax.nn.relu(dense(cfg, cfg.hidden_size, "dense", self.dtype)(h_BxTxD[:, 0])))
+        return dense(cfg, cfg.num_labels, "out", self.dtype)(x)
+
+
+class Model(nn.Module):
+    config: ModelConfig
+    head: str | None = "mlm"
+    dtype: jnp.dtype = jnp.float32  # compute dtype; params stay float32
+    remat: str | None = None
+    attention_impl: str = "einsum"
+
+    @nn.compact
+    def __call__(
+        self,
+        input_ids,
+        attention_mask=None,
+        token_type_ids=None,
+        *,
+        train: bool = False,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+        masked_positions=None,
+    ):
+        cfg, head = self.config, self.head
+        if head not in HEADS:
+            raise ValueError(f"unknown head {head!r}: expected one of {HEADS}")
+        last, aux = Encoder(
+            cfg,
+            self.dtype,
+            uses_pooler(cfg, head),
+            self.remat,
+            self.attention_impl,
+            name="encoder",
+        )(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            train=train,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+        )
+        word = aux.pop("word_embeddings")
+        deterministic = not train
+        if head is None:
+            logits = None
+        elif head == "mlm":
+            if masked_positions is not None:
+                # Only the masked positions need the vocabulary projection: [B,P,D] not [B,T,D].
+                last = jnp.take_along_axis(last, masked_positions[..., None], axis=1)
+            logits = MLMHead(cfg, self.dtype, name="mlm")(last, word)
+        elif head == "seq_cls":
+            logits = ClassificationHead(cfg, self.dtype, name="classifier")(
+                last, aux.get("pooled"), deterministic
+            )
+        else:
+            x = nn.Dropout(token_head_dropout(cfg, head))(last, deterministic=deterministic)
+            n_out, name = (2, "qa_outputs") if head == "qa" else (cfg.num_labels, "classifier")
+            logits = dense(cfg, n_out, name, self.dtype)(x)
+        return logits, aux
+
+
+def build(cfg: ModelConfig, head: str | None = "mlm", **kw) -> Model:
+    return Model(cfg, head, **kw)
+
+
+def init_params(cfg: ModelConfig, head: str | None, rng: jax.Array, seq_len: int = 8) -> dict:
+    ids = jnp.ones((1, seq_len), jnp.int32)
+    return jax.jit(Model(cfg, head).init)(rng, ids)["params"]
