@@ -1,0 +1,80 @@
+"""Shared fixtures: tiny random transformers models and the measured-parity report."""
+
+import datetime
+import json
+from pathlib import Path
+
+import pytest
+
+REPORT = Path(__file__).resolve().parents[1] / "reports" / "parity.json"
+AUTO_CLASS = {
+    None: "AutoModel",
+    "mlm": "AutoModelForMaskedLM",
+    "seq_cls": "AutoModelForSequenceClassification",
+    "token_cls": "AutoModelForTokenClassification",
+    "qa": "AutoModelForQuestionAnswering",
+}
+
+
+def _tiny_config(transformers, family: str, **overrides):
+    """hidden 32, 4 heads, odd FFN 37, vocab 99: small enough for CPU, odd enough to catch mixups."""
+    if family == "distilbert":
+        kw = dict(dim=32, n_layers=3, n_heads=4, hidden_dim=37)
+        cls = transformers.DistilBertConfig
+    else:
+        kw = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=37)
+        cls = {"bert": transformers.BertConfig, "roberta": transformers.RobertaConfig}[family]
+        kw["type_vocab_size"] = 2 if family == "bert" else 1
+        if family == "roberta":
+            kw.update(pad_token_id=1, bos_token_id=0, eos_token_id=2, layer_norm_eps=1e-5)
+    kw.update(vocab_size=99, max_position_embeddings=64)
+    return cls(**{**kw, **overrides})
+
+
+@pytest.fixture(scope="session")
+def make_hf_model():
+    """``make_hf_model(family, head, seed=0, **config)`` -> a perturbed tiny torch model in eval mode.
+
+    HF initialises biases to zero and LayerNorms to (1, 0), which would hide a dropped bias or a
+    swapped LayerNorm; noise on every parameter makes each tensor matter.
+    """
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+
+    def make(family: str, head: str | None, seed: int = 0, **overrides):
+        torch.manual_seed(seed)
+        cfg = _tiny_config(transformers, family, **overrides)
+        cfg.num_labels = 2 if head == "qa" else 3
+        auto = getattr(transformers, AUTO_CLASS[head])
+        model = auto.from_config(cfg, attn_implementation="eager").eval()
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                scale = 0.2 if "LayerNorm" in name or "layer_norm" in name else 0.05
+                p.add_(torch.randn_like(p) * scale)
+        return model
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def parity_report():
+    """A dict that tests fill with measured numbers; merged into reports/parity.json at the end."""
+    measured: dict = {}
+    yield measured
+    if not measured:
+        return
+    old = json.loads(REPORT.read_text()) if REPORT.exists() else {}
+    old.setdefault("measured", {}).update(measured)
+    import jax
+    import torch
+    import transformers
+
+    old["environment"] = {
+        "date": datetime.date.today().isoformat(),
+        "jax": jax.__version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "backend": jax.default_backend(),
+    }
+    REPORT.parent.mkdir(exist_ok=True)
+    REPORT.write_text(json.dumps(old, indent=2, sort_keys=True) + "\n")
