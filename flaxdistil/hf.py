@@ -14,7 +14,7 @@ import jax
 import numpy as np
 
 from flaxdistil import hf_table
-from flaxdistil.models import Model, ModelConfig, uses_pooler
+from flaxdistil.models import Model, ModelConfig
 from flaxdistil.models.heads import init_params
 
 WEIGHT_FILES = (

@@ -45,11 +45,15 @@ def compare_with_transformers(
     """Max abs differences (logits, last hidden state on real tokens) flaxdistil vs PyTorch."""
     ref = torch_outputs(Path(hf_dir), head, batch)
     logits, aux = Model(config, head).apply(
-        {"params": params}, batch["input_ids"], batch.get("attention_mask"),
+        {"params": params},
+        batch["input_ids"],
+        batch.get("attention_mask"),
         batch.get("token_type_ids") if config.type_vocab_size else None,
     )
     real = np.asarray(batch.get("attention_mask", np.ones_like(batch["input_ids"]))).astype(bool)
-    diffs = {"hidden": float(np.abs(ref["hidden"] - np.asarray(aux["last_hidden_state"]))[real].max())}
+    diffs = {
+        "hidden": float(np.abs(ref["hidden"] - np.asarray(aux["last_hidden_state"]))[real].max())
+    }
     if "logits" in ref:
         d = np.abs(ref["logits"] - np.asarray(logits))
         diffs["logits"] = float(d[real].max() if d.ndim == 3 and head != "qa" else d.max())

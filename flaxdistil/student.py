@@ -78,7 +78,9 @@ def derive_student(
         drop_token_types = drop_pooler = True
     if drop_token_types and cfg.type_vocab_size:
         if cfg.model_type == "roberta":
-            raise ValueError("dropping token types of a RoBERTa is not supported (positions differ)")
+            raise ValueError(
+                "dropping token types of a RoBERTa is not supported (positions differ)"
+            )
         emb = dict(enc["embeddings"])
         type0 = emb.pop("token_type_embeddings")["embedding"][0]
         emb["position_embeddings"] = {"embedding": emb["position_embeddings"]["embedding"] + type0}
@@ -101,8 +103,10 @@ def student_config(teacher: ModelConfig, preset: str | None = None, **fields) ->
         if preset not in PRESETS:
             raise ValueError(f"unknown student preset {preset!r}: expected one of {list(PRESETS)}")
         L, D, F, H = PRESETS[preset]
-        fields = dict(num_hidden_layers=L, hidden_size=D, intermediate_size=F,
-                      num_attention_heads=H) | fields
+        fields = (
+            dict(num_hidden_layers=L, hidden_size=D, intermediate_size=F, num_attention_heads=H)
+            | fields
+        )
     return teacher.replace(**fields)
 
 

@@ -1,6 +1,6 @@
 """The README's main job on real weights: MiniLM-L6 -> 3-layer student -> HF export -> check.
 
-    python scripts/demo.py [--workdir workdirs/demo]
+python scripts/demo.py [--workdir workdirs/demo]
 """
 
 import argparse
@@ -28,7 +28,9 @@ def main() -> None:
     print(teacher.report)
     print(flaxdistil.format_param_table(teacher.params, 2, "teacher: all-MiniLM-L6-v2"), "\n")
 
-    params, cfg, ids = flaxdistil.derive_student(teacher.params, teacher.config, layers="every_other")
+    params, cfg, ids = flaxdistil.derive_student(
+        teacher.params, teacher.config, layers="every_other"
+    )
     print(flaxdistil.format_param_table(params, 2, f"student: teacher layers {ids}"), "\n")
 
     out = flaxdistil.save_pretrained(
@@ -37,8 +39,10 @@ def main() -> None:
     tok = teacher.tokenizer()
     batch = dict(tok(SENTENCES, padding=True, return_tensors="np"))
     diffs = compare_with_transformers(out, params, cfg, None, batch)
-    print(f"exported to {out}; transformers AutoModel vs flaxdistil, max |diff| of the last "
-          f"hidden state: {diffs['hidden']:.2e}")
+    print(
+        f"exported to {out}; transformers AutoModel vs flaxdistil, max |diff| of the last "
+        f"hidden state: {diffs['hidden']:.2e}"
+    )
     n_t, n_s = flaxdistil.count_params(teacher.params), flaxdistil.count_params(params)
     print(f"student keeps {n_s / n_t:.0%} of the teacher's parameters ({n_s:,} / {n_t:,})")
     if not np.isfinite(diffs["hidden"]) or diffs["hidden"] > 1e-4:

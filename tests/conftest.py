@@ -17,7 +17,7 @@ AUTO_CLASS = {
 
 
 def _tiny_config(transformers, family: str, **overrides):
-    """hidden 32, 4 heads, odd FFN 37, vocab 99: small enough for CPU, odd enough to catch mixups."""
+    """Hidden 32, 4 heads, odd FFN 37, vocab 99: small for CPU, odd enough to catch mix-ups."""
     if family == "distilbert":
         kw = dict(dim=32, n_layers=3, n_heads=4, hidden_dim=37)
         cls = transformers.DistilBertConfig
@@ -33,7 +33,7 @@ def _tiny_config(transformers, family: str, **overrides):
 
 @pytest.fixture(scope="session")
 def make_hf_model():
-    """``make_hf_model(family, head, seed=0, **config)`` -> a perturbed tiny torch model in eval mode.
+    """``make_hf_model(family, head, seed=0, **config)``: a perturbed tiny torch model (eval mode).
 
     HF initialises biases to zero and LayerNorms to (1, 0), which would hide a dropped bias or a
     swapped LayerNorm; noise on every parameter makes each tensor matter.

@@ -38,10 +38,9 @@ def _attn_BxHxTxT(seed, mask_BxT):
 
 def test_soft_kl_hand_2_classes():
     temp = 2.0
-    p = [math.exp(0.0) / (math.exp(0.0) + math.exp(1.0)), 0.0]
-    p[1] = 1 - p[0]  # teacher softmax([0, 2] / 2)
-    q = [math.exp(0.5) / (math.exp(0.5) + 1.0), 0.0]
-    q[1] = 1 - q[0]  # student softmax([1, 0] / 2)
+    p0 = 1 / (1 + math.e)  # teacher softmax([0, 2] / 2)
+    q0 = math.exp(0.5) / (math.exp(0.5) + 1)  # student softmax([1, 0] / 2)
+    p, q = [p0, 1 - p0], [q0, 1 - q0]
     want = temp**2 * sum(pi * math.log(pi / qi) for pi, qi in zip(p, q))
     got = losses.soft_kl(jnp.array([[1.0, 0.0]]), jnp.array([[0.0, 2.0]]), None, temp)
     np.testing.assert_allclose(got, want, rtol=RTOL)
@@ -192,7 +191,7 @@ def test_attention_vs_textbrewer_formulas_in_torch():
 
 def test_pkd_vs_numpy():
     rng = _rng(6)
-    s, t = rng.normal(size=(B, T, D)), rng.normal(size=(B, T, D + 0))
+    s, t = rng.normal(size=(2, B, T, D))
     ns = s[:, 0] / np.linalg.norm(s[:, 0], axis=1, keepdims=True)
     nt = t[:, 0] / np.linalg.norm(t[:, 0], axis=1, keepdims=True)
     want = ((ns - nt) ** 2).sum(-1).mean()
@@ -307,7 +306,7 @@ def test_jit_matches_eager(name, fn, s, t):
 def _distil_inputs(seed=13):
     rng, mask = _rng(seed), _mask_BxT(seed)
     labels = np.where(mask & (rng.random((B, T)) < 0.5), rng.integers(0, V, (B, T)), -100)
-    labels[0, 0] = 1 if mask[0, 0] else labels[0, 0]
+    labels[mask.all(1).argmax(), 0] = 1  # at least one masked token
     student = {"logits": rng.normal(size=(B, T, V)), "hidden": rng.normal(size=(B, T, D))}
     teacher = {"logits": rng.normal(size=(B, T, V)), "hidden": rng.normal(size=(B, T, D))}
     f32 = lambda d: {k: v.astype(np.float32) for k, v in d.items()}

@@ -6,14 +6,25 @@ import numpy as np
 import pytest
 
 from flaxdistil import (
-    ModelConfig, count_params, derive_student, format_param_table, init_student, param_table,
+    ModelConfig,
+    count_params,
+    derive_student,
+    format_param_table,
+    init_student,
+    param_table,
     student_config,
 )
 from flaxdistil.models import Model, init_params
 from flaxdistil.student import select_layers
 
-CFG = ModelConfig(vocab_size=64, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
-                  intermediate_size=48, max_position_embeddings=32)
+CFG = ModelConfig(
+    vocab_size=64,
+    hidden_size=32,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    intermediate_size=48,
+    max_position_embeddings=32,
+)
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Model hyperparameters with Hugging Face field names (BERT's names; DistilBERT's are translated)."""
+"""Model hyperparameters with Hugging Face field names (DistilBERT's own names translated)."""
 
 from __future__ import annotations
 
