@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export XLA_PYTHON_CLIENT_PREALLOCATE ?= false
 
-.PHONY: setup assets demo test lint bench-smoke clean
+.PHONY: setup assets demo test lint clean teacher distill-minilm
 
 setup: $(VENV)/.installed
 
@@ -31,3 +31,15 @@ lint: setup
 
 clean:
 	rm -rf $(VENV) workdirs
+
+# Fit the MLM head that turns all-MiniLM-L6-v2 into a distillation teacher (once; ~10 min CPU).
+teacher: assets
+	@test -f $${FLAXDISTIL_CACHE:-$$HOME/.cache/flaxdistil}/teachers/all-MiniLM-L6-v2-mlm/config.json \
+	  || $(PY) scripts/fit_mlm_head.py --config configs/minilm_mlm_head.py --workdir workdirs/minilm_head
+
+# Issue 3's experiment: distilled 3-layer student vs the same student trained without the teacher.
+distill-minilm: teacher
+	$(PY) scripts/distill.py --config configs/minilm_l3.py --workdir workdirs/minilm_l3
+	$(PY) scripts/distill.py --config configs/minilm_l3.py --workdir workdirs/minilm_l3_mlm_only \
+	  --config.distill.alpha_ce=0 --config.distill.alpha_cos=0
+	$(PY) scripts/summarize.py workdirs/minilm_l3 workdirs/minilm_l3_mlm_only

@@ -35,6 +35,8 @@ def base() -> ml_collections.ConfigDict:
         alpha_cos=1.0,
         alpha_mse=0.0,
         restrict_ce_to_mask=False,
+        # MLM heads at the masked tokens only (needs restrict_ce_to_mask): far less head compute.
+        gather_masked=False,
         mlm_probability=0.15,
     )
     c.train = dict(

@@ -183,3 +183,22 @@ ALL = {
     "brown": brown_dir,
     "wordnet": wordnet_dir,
 }
+
+
+def minilm_mlm_teacher_dir() -> Path:
+    """all-MiniLM-L6-v2 with the MLM head fitted by scripts/fit_mlm_head.py (not downloadable)."""
+    path = cache_dir() / "teachers" / "all-MiniLM-L6-v2-mlm"
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(
+            f"no fitted MiniLM MLM teacher at {path}: create it with `make teacher` (runs "
+            "scripts/fit_mlm_head.py --config configs/minilm_mlm_head.py)"
+        )
+    return path
+
+
+# Short names that load_pretrained / configs accept in place of a path.
+CHECKPOINTS = {
+    "minilm": minilm_dir,
+    "antiberty": antiberty_dir,
+    "minilm-mlm": minilm_mlm_teacher_dir,
+}

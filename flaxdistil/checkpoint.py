@@ -1,7 +1,8 @@
 """orbax checkpoints of (student state, data position); never the teacher.
 
 orbax writes each step to a temporary directory and renames it when complete, so a run killed
-mid-save leaves the previous checkpoint intact; ``latest_step`` only sees finished ones.
+mid-save leaves the previous checkpoint intact; ``latest_step`` only sees finished ones, and the
+temporary directory such a kill leaves behind is removed when the run restarts.
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ class Checkpointer:
         self.manager = ocp.CheckpointManager(
             Path(directory).resolve(),
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=keep, create=True, enable_async_checkpointing=False
+                max_to_keep=keep,
+                create=True,
+                enable_async_checkpointing=False,
+                cleanup_tmp_directories=True,
             ),
         )
 

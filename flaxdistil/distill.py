@@ -99,6 +99,7 @@ def distill_spec(cfg, tokenizer, vocab_size: int) -> train.DistillSpec:
         alpha_cos=d.alpha_cos,
         alpha_mse=d.alpha_mse,
         restrict_ce_to_mask=d.restrict_ce_to_mask,
+        gather_masked=d.gather_masked,
         mlm_probability=d.mlm_probability,
         mask_token_id=tokenizer.mask_token_id,
         vocab_size=vocab_size,

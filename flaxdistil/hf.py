@@ -81,7 +81,12 @@ def _brief(names: list[str], n: int = 12) -> str:
 
 
 def resolve(path_or_hub_id: str | os.PathLike) -> Path:
-    """A local directory, or a Hub id downloaded to the HF cache (needs network access)."""
+    """A local directory, a short name of flaxdistil.assets.CHECKPOINTS ('minilm', 'antiberty',
+    'minilm-mlm'), or a Hub id downloaded to the HF cache (needs network access)."""
+    from flaxdistil import assets
+
+    if str(path_or_hub_id) in assets.CHECKPOINTS:
+        return assets.CHECKPOINTS[str(path_or_hub_id)]()
     p = Path(path_or_hub_id).expanduser()
     if p.is_dir():
         return p
@@ -203,7 +208,7 @@ def convert_from_hf(sd: dict, cfg: ModelConfig, head: str | None, rng=None):
     template = jax.eval_shape(lambda: init_params(cfg, head, jax.random.key(0)))
     wanted = set(_paths(template))
     params, used, missing, misshapen, new_init = {}, set(), [], [], []
-    for path, key, transpose, is_head in hf_table.rows(cfg.model_type, head):
+    for path, key, transpose, is_head, module in hf_table.rows(cfg.model_type, head):
         if path not in wanted:  # e.g. the pooler of a head that has none
             continue
         stacked = "{i}" in key
@@ -211,17 +216,20 @@ def convert_from_hf(sd: dict, cfg: ModelConfig, head: str | None, rng=None):
         absent = [k for k in keys if k not in sd]
         if absent:
             if is_head or path.startswith("encoder/pooler"):
-                new_init.append(path)
+                new_init.append(module)
             else:
                 missing += absent
             continue
-        arrs = [sd[k].T if transpose else sd[k] for k in keys]
-        value = np.stack(arrs) if stacked else arrs[0]
-        expect = _get(template, path).shape
-        if value.shape != expect:
-            misshapen.append(f"{keys[0]}: expected {expect}, found {value.shape}")
+        # Check each HF tensor in HF's own layout before stacking: the message then names shapes
+        # as the checkpoint has them, and one odd layer cannot crash np.stack.
+        want = _get(template, path).shape[1 if stacked else 0 :]
+        want = want[::-1] if transpose else want
+        bad = [f"{k}: expected {want}, found {sd[k].shape}" for k in keys if sd[k].shape != want]
+        if bad:
+            misshapen += bad
             continue
-        _set(params, path, value)
+        arrs = [sd[k].T if transpose else sd[k] for k in keys]
+        _set(params, path, np.stack(arrs) if stacked else arrs[0])
         used.update(keys)
     _check_tied(sd, cfg.model_type, misshapen)
     ignorable = set(hf_table.TIED[cfg.model_type]) | set(hf_table.BUFFERS)
@@ -245,7 +253,7 @@ def convert_from_hf(sd: dict, cfg: ModelConfig, head: str | None, rng=None):
         fresh = init_params(cfg, head, rng if rng is not None else jax.random.key(0))
         for path in sorted(set(_paths(template)) - set(_paths(params))):
             _set(params, path, np.asarray(_get(fresh, path)))
-        new_init = sorted({p.rsplit("/", 1)[0] for p in new_init})
+        new_init = sorted(set(new_init))
     return params, new_init, unused
 
 
@@ -304,7 +312,7 @@ def convert_to_hf(params: dict, cfg: ModelConfig, head: str | None) -> dict[str,
     prefix = f"{cfg.model_type}." if head is not None else ""
     have = set(_paths(params))
     sd = {}
-    for path, key, transpose, is_head in hf_table.rows(cfg.model_type, head):
+    for path, key, transpose, is_head, _ in hf_table.rows(cfg.model_type, head):
         if path not in have:
             continue
         value = np.asarray(_get(params, path), np.float32)

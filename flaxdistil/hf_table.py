@@ -138,11 +138,11 @@ LEAVES = {
 
 
 def rows(model_type: str, head: str | None):
-    """Yield (our leaf path, HF key template, transpose, is_head) for a family and head."""
+    """Yield (our leaf path, HF key template, transpose, is_head, our module path)."""
     table = [(r, False) for r in BACKBONE[model_type]]
     table += [(r, True) for r in HEAD.get((model_type, head), [])]
     for (ours, theirs, kind), is_head in table:
         for leaf, suffix, transpose in LEAVES[kind]:
             path = ours if leaf is None else f"{ours}/{leaf}"
             key = theirs if suffix is None else f"{theirs}.{suffix}"
-            yield path, key, transpose, is_head
+            yield path, key, transpose, is_head, ours

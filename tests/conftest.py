@@ -33,7 +33,8 @@ def _tiny_config(transformers, family: str, **overrides):
 
 @pytest.fixture(scope="session")
 def make_hf_model():
-    """``make_hf_model(family, head, seed=0, **config)``: a perturbed tiny torch model (eval mode).
+    """``make_hf_model(family, head, seed=0, **config)``: a perturbed tiny torch model (eval mode);
+    ``make_hf_model.auto_class(head)`` is the matching ``transformers.AutoModel*`` class.
 
     HF initialises biases to zero and LayerNorms to (1, 0), which would hide a dropped bias or a
     swapped LayerNorm; noise on every parameter makes each tensor matter.
@@ -53,6 +54,7 @@ def make_hf_model():
                 p.add_(torch.randn_like(p) * scale)
         return model
 
+    make.auto_class = lambda head: getattr(transformers, AUTO_CLASS[head])
     return make
 
 

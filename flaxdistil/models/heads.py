@@ -2,7 +2,8 @@
 
 ``logits, aux = Model(cfg, head).apply({'params': p}, input_ids, attention_mask, ...)``
  - head None: logits is None (a bare encoder, like HF's BertModel).
- - "mlm": [B, T, V] (or [B, P, V] at ``masked_positions``), decoder tied to the word embeddings.
+ - "mlm": [B, T, V] (or [B, P, V] at ``masked_positions`` [B, P], or [N, V] at flat positions [N]
+   into the B*T tokens), decoder tied to the word embeddings.
  - "seq_cls": [B, num_labels] (regression: num_labels = 1).
  - "token_cls": [B, T, num_labels].
  - "qa": [B, T, 2] (start, end).
@@ -44,7 +45,7 @@ class MLMHead(nn.Module):
         y = dense(cfg, cfg.hidden_size, "transform", self.dtype)(h_BxPxD)
         y = layer_norm(cfg, "norm", self.dtype)(activation(cfg.hidden_act)(y))
         bias = self.param("bias", nn.initializers.zeros, (cfg.vocab_size,))
-        logits = jnp.einsum("bpd,vd->bpv", y, word_embeddings_VxD.astype(self.dtype))
+        logits = jnp.einsum("...d,vd->...v", y, word_embeddings_VxD.astype(self.dtype))
         return logits + bias.astype(self.dtype)
 
 
@@ -120,7 +121,11 @@ class Model(nn.Module):
         if head is None:
             logits = None
         elif head == "mlm":
-            if masked_positions is not None:
+            if masked_positions is not None and masked_positions.ndim == 1:
+                # Flat indices into the B*T tokens: a fixed number N over the whole batch, which
+                # wastes less than a per-row P when rows hold different numbers of masks.
+                last = last.reshape(-1, last.shape[-1])[masked_positions]
+            elif masked_positions is not None:
                 # Only the masked positions need the vocabulary projection: [B,P,D] not [B,T,D].
                 last = jnp.take_along_axis(last, masked_positions[..., None], axis=1)
             logits = MLMHead(cfg, self.dtype, name="mlm")(last, word)

@@ -1,0 +1,212 @@
+"""The benchmark's sections (training, inference, scaling) and their markdown report.
+
+Each section builds its cases one by one (a failing case becomes a row with its error, so that a
+torch.compile that does not work on some machine is reported, not fatal), times the cases of one
+comparison interleaved, and returns plain rows (dicts) for the JSON and the tables.
+"""
+
+from __future__ import annotations
+
+import gc
+import traceback
+from collections.abc import Callable
+
+import jax
+
+from flaxdistil import bench
+from flaxdistil.bench import Variant
+from flaxdistil.models import ModelConfig
+
+
+def _build(built: list, meta: dict, make: Callable[..., bench.Case], *args, **kw) -> None:
+    try:
+        run, info = make(*args, **kw)
+    except Exception as e:  # noqa: BLE001 - reported in the row, e.g. a torch.compile failure
+        traceback.print_exc()
+        built.append((meta | {"error": f"{type(e).__name__}: {e}"[:400]}, None))
+        return
+    built.append((meta | info, run))
+
+
+def _time(built: list, repeats: int) -> list[dict]:
+    """Time the built cases interleaved; each call processes row['batch'] x row['seq'] tokens."""
+    runs = {i: run for i, (_, run) in enumerate(built) if run is not None}
+    times = bench.interleaved(runs, repeats)
+    rows = []
+    for i, (row, _) in enumerate(built):
+        if i in times:
+            t = bench.summarise(times[i])
+            seqs, tokens = row["batch"], row["batch"] * row["seq"]
+            row |= {
+                "time": t,
+                "ms": 1e3 * t["median_s"],
+                "seqs_per_s": seqs / t["median_s"],
+                "tokens_per_s": tokens / t["median_s"],
+                "tflops_per_s": row["flops"] / t["median_s"] / 1e12,
+            }
+        rows.append(row)
+    built.clear()
+    gc.collect()
+    return rows
+
+
+def _mfu(rows: list[dict], peak_override: float | None) -> None:
+    kind = jax.devices()[0].device_kind
+    for row in rows:
+        peak = bench.peak_tflops(kind, row["dtype"], peak_override)
+        row["peak_tflops"] = peak
+        if "tflops_per_s" in row:
+            row["mfu"] = row["tflops_per_s"] / peak if peak else None
+
+
+def train_section(
+    cfg: ModelConfig,
+    *,
+    student_layers: int,
+    seqs: list[int],
+    batch: int,
+    dtypes: list[str],
+    variants: list[Variant],
+    steps: int,
+    torch_modes: list[str],
+    peak_tflops: float | None = None,
+    check_flops: bool = True,
+) -> list[dict]:
+    """The distillation step: flaxdistil variants against torch (eager / compile) per seq, dtype."""
+    if torch_modes:
+        from flaxdistil import bench_torch
+
+    t_params, s_params, s_cfg = bench.teacher_student(cfg, student_layers, "mlm")
+    gathers = sorted({v.gather for v in variants})
+    rows = []
+    for seq in seqs:
+        host = bench.random_batch(batch, seq, cfg.vocab_size)
+        for dtype in dtypes:
+            meta = {"seq": seq, "dtype": dtype, "batch": batch}
+            built: list = []
+            for v in variants:
+                meta_v = meta | {"impl": "flaxdistil", "variant": v.name}
+                args = (t_params, s_params, cfg, s_cfg, host, dtype, v)
+                _build(built, meta_v, bench.jax_train_case, *args)
+            for mode in torch_modes:
+                for gather in gathers:
+                    meta_t = meta | {"impl": f"torch {mode}", "variant": ("base", "gather")[gather]}
+                    args = (cfg, s_cfg, host, dtype)
+                    kw = {"gather": gather, "compile": mode == "compile"}
+                    _build(built, meta_t, bench_torch.torch_train_case, *args, **kw)
+            group = _time(built, steps)
+            if check_flops:
+                for gather in gathers:
+                    check = bench.flops_check(cfg, s_cfg, batch, seq, dtype, Variant(gather))
+                    for row in group:
+                        if (
+                            row["impl"] == "flaxdistil"
+                            and row["variant"].startswith("gather") == gather
+                        ):
+                            row["flops_check"] = check
+            _ratios(group)
+            rows += group
+    _mfu(rows, peak_tflops)
+    return rows
+
+
+def _ratios(group: list[dict]) -> None:
+    """flaxdistil tokens/s over torch's, on the same loss (gather or not)."""
+    for row in group:
+        if row["impl"] != "flaxdistil" or "tokens_per_s" not in row:
+            continue
+        gather = "gather" if row["variant"].startswith("gather") else "base"
+        for ref in group:
+            if (
+                ref["impl"].startswith("torch")
+                and ref["variant"] == gather
+                and "tokens_per_s" in ref
+            ):
+                key = "vs_" + ref["impl"].replace(" ", "_")
+                row[key] = row["tokens_per_s"] / ref["tokens_per_s"]
+
+
+def infer_section(
+    cfg: ModelConfig,
+    *,
+    student_layers: int,
+    latency_tokens: int,
+    latency_repeats: int,
+    throughput_batch: int,
+    throughput_seq: int,
+    throughput_repeats: int,
+    dtype: str = "float32",
+    fused: bool = False,
+    with_torch: bool = True,
+) -> list[dict]:
+    """Sequence-classifier forward: latency at batch 1 and throughput, teacher vs student,
+    flaxdistil (jit) vs torch (eager, inference_mode)."""
+    cfg = cfg.replace(num_labels=1)  # an STS-B-like regression head
+    t_params, s_params, s_cfg = bench.teacher_student(cfg, student_layers, "seq_cls")
+    models = {"teacher": (cfg, t_params), "student": (s_cfg, s_params)}
+    rows = []
+    shapes = [
+        ("latency", 1, latency_tokens, latency_repeats),
+        ("throughput", throughput_batch, throughput_seq, throughput_repeats),
+    ]
+    for mode, batch, seq, repeats in shapes:
+        host = bench.random_batch(batch, seq, cfg.vocab_size)
+        built: list = []
+        for who, (c, params) in models.items():
+            meta = {
+                "mode": mode,
+                "model": f"{who} {c.num_hidden_layers}L",
+                "batch": batch,
+                "seq": seq,
+                "dtype": dtype,
+            }
+            args = (c, params, host, dtype, fused)
+            _build(built, meta | {"impl": "flaxdistil"}, bench.jax_infer_case, *args)
+            if with_torch:
+                from flaxdistil import bench_torch
+
+                args = (c, host, dtype)
+                _build(built, meta | {"impl": "torch eager"}, bench_torch.torch_infer_case, *args)
+        group = _time(built, repeats)
+        by = {(r["model"].split()[0], r["impl"]): r for r in group if "ms" in r}
+        for (who, impl), row in by.items():
+            if who == "student" and ("teacher", impl) in by:
+                row["vs_teacher"] = row["ms"] / by["teacher", impl]["ms"]
+            if impl == "flaxdistil" and (who, "torch eager") in by:
+                row["vs_torch_eager"] = row["ms"] / by[who, "torch eager"]["ms"]
+        rows += group
+    return rows
+
+
+def scaling_section(
+    cfg: ModelConfig,
+    *,
+    student_layers: int,
+    seq: int,
+    per_device_batch: int,
+    dtype: str,
+    variant: Variant,
+    steps: int,
+    device_counts: list[int],
+) -> list[dict]:
+    """Tokens/s of the step on 1..N devices with a fixed batch per device (weak scaling)."""
+    t_params, s_params, s_cfg = bench.teacher_student(cfg, student_layers, "mlm")
+    built: list = []
+    for n in device_counts:
+        host = bench.random_batch(per_device_batch * n, seq, cfg.vocab_size)
+        meta = {
+            "devices": n,
+            "batch": per_device_batch * n,
+            "seq": seq,
+            "dtype": dtype,
+            "variant": variant.name,
+        }
+        args = (t_params, s_params, cfg, s_cfg, host, dtype, variant)
+        _build(built, meta, bench.jax_train_case, *args, devices=jax.devices()[:n])
+    rows = _time(built, steps)
+    one = next((r for r in rows if r.get("devices") == 1 and "tokens_per_s" in r), None)
+    for row in rows:
+        if one and "tokens_per_s" in row:
+            row["speedup"] = row["tokens_per_s"] / one["tokens_per_s"]
+            row["efficiency"] = row["speedup"] / row["devices"]
+    return rows

@@ -1,0 +1,272 @@
+"""The whole job through ``scripts/distill.py`` in subprocesses, on configs/tiny.py with a tiny
+random BERT teacher: resume after SIGKILL, NaN handling, user errors, and the files a run writes."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = 12
+# Small held-out set and single-threaded XLA: the machine running the tests is shared.
+LEAN = ["--config.data.max_heldout_docs=4", "--config.train.eval_batch_size=16"]
+ENV = dict(
+    os.environ,
+    JAX_PLATFORMS="cpu",
+    XLA_FLAGS="--xla_cpu_multi_thread_eigen=false",
+    TF_CPP_MIN_LOG_LEVEL="3",
+)
+
+
+def save_tiny(out: Path, cls: str = "BertForMaskedLM", vocab_size: int = 30522) -> Path:
+    """A random 4-layer BERT (hidden 32) with the real MiniLM tokenizer (30,522 tokens)."""
+    import torch
+    import transformers
+
+    from flaxdistil import assets
+
+    torch.manual_seed(0)
+    config = transformers.BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    getattr(transformers, cls)(config).save_pretrained(out)
+    transformers.AutoTokenizer.from_pretrained(assets.minilm_dir()).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def teacher_dir(tmp_path_factory):
+    return save_tiny(tmp_path_factory.mktemp("teacher") / "bert")
+
+
+def command(workdir, teacher, *overrides) -> list[str]:
+    return [
+        sys.executable,
+        str(ROOT / "scripts" / "distill.py"),
+        "--config",
+        str(ROOT / "configs" / "tiny.py"),
+        "--workdir",
+        str(workdir),
+        f"--config.teacher.path={teacher}",
+        *LEAN,
+        *overrides,
+    ]
+
+
+def run(cmd) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, env=ENV, capture_output=True, text=True, cwd=ROOT, timeout=600)
+
+
+def resumable(workdir, teacher):
+    return command(
+        workdir,
+        teacher,
+        f"--config.train.steps={STEPS}",
+        "--config.train.checkpoint_every=4",
+        "--config.train.log_every=1",
+        "--config.export=True",
+    )
+
+
+def read_csv(path: Path) -> list[dict]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def checkpoint_steps(workdir: Path) -> list[int]:
+    return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+
+
+def restore_params(workdir: Path, step: int):
+    import orbax.checkpoint as ocp
+
+    return ocp.StandardCheckpointer().restore(workdir / "checkpoints" / str(step) / "state")[
+        "params"
+    ]
+
+
+@pytest.fixture(scope="session")
+def run_a(teacher_dir, tmp_path_factory):
+    """An uninterrupted run: the reference for the resume test and the subject of the outputs
+    test."""
+    workdir = tmp_path_factory.mktemp("run_a")
+    proc = run(resumable(workdir, teacher_dir))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return workdir, proc
+
+
+# ---------------------------------------------------------------- resume
+
+
+def test_sigkill_then_resume_reproduces_the_run(run_a, teacher_dir, tmp_path):
+    workdir_a, _ = run_a
+    workdir = tmp_path / "run_b"
+    cmd = resumable(workdir, teacher_dir)
+    proc = subprocess.Popen(
+        cmd, env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    csv_path, deadline = workdir / "train.csv", time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if csv_path.exists() and len(read_csv(csv_path)) >= 6:
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    killed_rows = len(read_csv(csv_path))
+    assert 6 <= killed_rows < STEPS
+    assert 4 <= max(checkpoint_steps(workdir)) < STEPS
+    # what a kill in the middle of a save leaves: orbax's temporary directory, never finalised
+    partial = workdir / "checkpoints" / f"{STEPS}.orbax-checkpoint-tmp-1700000000000000"
+    (partial / "state").mkdir(parents=True)
+
+    resumed = run(cmd)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from step" in resumed.stdout
+
+    rows_a, rows_b = read_csv(workdir_a / "train.csv"), read_csv(csv_path)
+    assert [r["step"] for r in rows_b] == [str(s) for s in range(1, STEPS + 1)]
+    for ra, rb in zip(rows_a, rows_b):
+        assert ra.keys() == rb.keys()
+        for k in ra:
+            np.testing.assert_allclose(float(rb[k]), float(ra[k]), rtol=1e-6, atol=1e-6, err_msg=k)
+
+    res_a = json.loads((workdir_a / "results.json").read_text())
+    res_b = json.loads((workdir / "results.json").read_text())
+    for who in ("student", "teacher"):
+        for k, v in res_a[who].items():
+            assert res_b[who][k] == pytest.approx(v, rel=1e-6), (who, k)
+    from safetensors.numpy import load_file
+
+    exp_a = load_file(workdir_a / "student_hf" / "model.safetensors")
+    exp_b = load_file(workdir / "student_hf" / "model.safetensors")
+    assert exp_a.keys() == exp_b.keys()
+    for k in exp_a:
+        np.testing.assert_allclose(exp_b[k], exp_a[k], rtol=1e-6, atol=1e-7, err_msg=k)
+
+    # only finished checkpoints remain: no temporary directory of an interrupted save
+    entries = {p.name for p in (workdir / "checkpoints").iterdir()}
+    assert entries == {str(s) for s in checkpoint_steps(workdir)}, entries
+    assert checkpoint_steps(workdir)[-1] == STEPS
+    for s in checkpoint_steps(workdir):
+        assert (workdir / "checkpoints" / str(s) / "_CHECKPOINT_METADATA").exists()
+
+
+# ---------------------------------------------------------------- NaN
+
+
+def test_non_finite_loss_stops_and_keeps_a_finite_checkpoint(teacher_dir, tmp_path):
+    import jax
+
+    proc = run(
+        command(
+            tmp_path,
+            teacher_dir,
+            "--config.train.learning_rate=1e30",
+            "--config.train.checkpoint_every=1",
+            "--config.train.log_every=1",
+        )
+    )
+    assert proc.returncode != 0
+    assert "non-finite metrics at step" in proc.stderr, proc.stderr[-3000:]
+    bad_step = int(proc.stderr.split("non-finite metrics at step ")[-1].split(":")[0])
+    steps = checkpoint_steps(tmp_path)
+    assert steps and steps[-1] == bad_step - 1  # every step before the bad one was saved
+    params = restore_params(tmp_path, steps[-1])
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))
+    assert not (tmp_path / "results.json").exists()
+    rows = read_csv(tmp_path / "train.csv")
+    assert [int(r["step"]) for r in rows] == list(range(1, bad_step))
+    assert all(np.isfinite(float(v)) for r in rows for v in r.values())
+
+
+# ---------------------------------------------------------------- user errors
+
+
+def test_user_errors_name_the_problem(teacher_dir, tmp_path):
+    no_head = save_tiny(tmp_path / "no_head", cls="BertModel")
+    small_vocab = save_tiny(tmp_path / "small_vocab", vocab_size=1000)
+    missing = tmp_path / "does_not_exist"
+    cases = {
+        "bogus key": (command(tmp_path / "w0", teacher_dir, "--config.train.bogus=1"), ["bogus"]),
+        "missing teacher": (command(tmp_path / "w1", missing), [str(missing)]),
+        "no MLM head": (command(tmp_path / "w2", no_head), [str(no_head), "masked-LM head"]),
+        "vocab": (command(tmp_path / "w3", small_vocab), ["vocab mismatch", "30522", "1000"]),
+    }
+    # All four at once: each is mostly interpreter start-up and imports.
+    procs = {
+        name: subprocess.Popen(
+            cmd, env=ENV, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for name, (cmd, _) in cases.items()
+    }
+    for name, p in procs.items():
+        out, err = p.communicate(timeout=300)
+        assert p.returncode != 0, name
+        for want in cases[name][1]:
+            assert want in err, f"{name}: {want!r} not in\n{err[-2000:]}"
+        assert "distill:" not in err, f"{name}: training started"
+
+
+# ---------------------------------------------------------------- outputs
+
+
+def test_run_writes_metrics_results_and_a_loadable_export(run_a, teacher_dir):
+    import jax
+    import torch
+    import transformers
+
+    from flaxdistil import hf
+    from flaxdistil.models import Model
+
+    workdir, _ = run_a
+    rows = read_csv(workdir / "train.csv")
+    assert [int(r["step"]) for r in rows] == list(range(1, STEPS + 1))
+    for k in ("loss", "loss_ce", "loss_mlm", "loss_cos", "loss_mse", "grad_norm", "param_norm"):
+        assert k in rows[0], k
+        assert all(np.isfinite(float(r[k])) for r in rows), k
+    assert all(float(r["loss_ce"]) > 0 and float(r["loss_mlm"]) > 0 for r in rows)
+    assert list((workdir / "tb" / "train").glob("events.out.tfevents.*"))
+
+    results = json.loads((workdir / "results.json").read_text())
+    for who in ("student", "teacher"):
+        r = results[who]
+        assert r["masked_tokens"] > 0
+        assert np.isfinite(r["mlm_loss"]) and 0 <= r["mlm_accuracy"] <= 1
+        assert r["perplexity"] == pytest.approx(np.exp(r["mlm_loss"]), rel=1e-6)
+
+    export = Path(results["exported_to"])
+    assert export == (workdir / "student_hf").resolve()
+    torch_model = transformers.AutoModelForMaskedLM.from_pretrained(export).eval()
+    assert torch_model.config.num_hidden_layers == 2
+    tok = transformers.AutoTokenizer.from_pretrained(export)
+    enc = tok(["the cat sat on the mat.", "a short one"], padding=True, return_tensors="np")
+    with torch.no_grad():
+        want = torch_model(
+            input_ids=torch.as_tensor(enc["input_ids"]),
+            attention_mask=torch.as_tensor(enc["attention_mask"]),
+        ).logits.numpy()
+
+    # flaxdistil's logits from the final checkpoint itself, not from the export
+    t_cfg = hf.load_pretrained(teacher_dir, head="mlm").config
+    params = restore_params(workdir, STEPS)
+    got, _ = Model(t_cfg.replace(num_hidden_layers=2), "mlm").apply(
+        {"params": params}, enc["input_ids"], enc["attention_mask"]
+    )
+    got = np.asarray(jax.device_get(got))
+    real = enc["attention_mask"].astype(bool)
+    np.testing.assert_allclose(got[real], want[real], atol=1e-4, rtol=1e-4)

@@ -1,0 +1,346 @@
+"""Task fine-tuning / distillation: step losses against transformers, KD against an independent
+soft KL, early stopping by hand, and tiny end-to-end runs on real movie-snippet slices."""
+
+import csv
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from flaxdistil import finetune, hf, losses, train
+from flaxdistil.finetune import EarlyStopping, LossSpec
+from flaxdistil.models import Model, ModelConfig
+from flaxdistil.student import init_student
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for configs/
+
+# Dropout off, so a step's reported loss is exactly the deterministic forward's.
+CFG = ModelConfig(
+    vocab_size=99,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=37,
+    max_position_embeddings=64,
+    hidden_dropout_prob=0.0,
+    attention_probs_dropout_prob=0.0,
+)
+TASK_SETUP = {  # task -> (head, config fields)
+    "classification": ("seq_cls", dict(num_labels=3)),
+    "regression": ("seq_cls", dict(num_labels=1, problem_type="regression")),
+    "multilabel": ("seq_cls", dict(num_labels=3, problem_type="multi_label_classification")),
+    "token_classification": ("token_cls", dict(num_labels=5)),
+    "qa": ("qa", {}),
+}
+
+
+def _batch(task, B=4, T=12, seed=0):
+    rng = np.random.RandomState(seed)
+    ids = rng.randint(5, 99, (B, T)).astype(np.int32)
+    mask = np.ones((B, T), np.int32)
+    mask[1, 8:] = 0
+    mask[3, 5:] = 0
+    ids[mask == 0] = 0
+    labels = {
+        "classification": lambda: rng.randint(0, 3, B).astype(np.int32),
+        "regression": lambda: rng.randn(B).astype(np.float32),
+        "multilabel": lambda: (rng.rand(B, 3) > 0.5).astype(np.float32),
+        "token_classification": lambda: np.where(
+            (mask == 1) & (rng.rand(B, T) > 0.3), rng.randint(0, 5, (B, T)), -100
+        ).astype(np.int32),
+        "qa": lambda: np.stack([rng.randint(1, 5, B), rng.randint(3, 7, B)], 1).astype(np.int32),
+    }[task]()
+    types = np.zeros_like(ids)
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types, "labels": labels}
+
+
+def _model(task, seed=0, noise=0.0):
+    """Tiny model; ``noise`` perturbs every weight so that logits are O(1), not O(0.01)."""
+    head, fields = TASK_SETUP[task]
+    cfg = CFG.replace(**fields)
+    params = init_student(cfg, head, jax.random.key(seed))
+    leaves, tree = jax.tree.flatten(params)
+    rng = np.random.RandomState(seed)
+    leaves = [x + noise * rng.standard_normal(x.shape).astype(x.dtype) for x in leaves]
+    return Model(cfg, head), jax.tree.unflatten(tree, leaves), cfg
+
+
+def _step(task, params, model, teacher=None, t_params=None, spec=None, lr=1e-3):
+    spec = spec or LossSpec()
+    tx = train.make_optimizer(learning_rate=lr, total_steps=100)
+    state = train.create_state(params, tx)
+    fn = jax.jit(
+        lambda s, tp, b, r: finetune.task_step(
+            s, tp, b, r, student=model, teacher=teacher, task=task, spec=spec, tx=tx
+        )
+    )
+    return state, fn
+
+
+# ---------------------------------------------------------------- losses vs transformers
+
+
+@pytest.mark.parametrize("task", list(TASK_SETUP))
+def test_step_hard_loss_equals_transformers(task, tmp_path):
+    """The loss task_step reports = the loss transformers' *For* model computes on the same
+    weights and batch (BertForSequenceClassification regression/multi-label,
+    ...ForTokenClassification with -100, ...ForQuestionAnswering start/end)."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    model, params, cfg = _model(task)
+    batch = _batch(task)
+    state, step = _step(task, params, model)
+    _, metrics = step(state, None, batch, jax.random.key(0))
+
+    out_dir = hf.save_pretrained(tmp_path / "m", params, cfg, model.head)
+    auto = {
+        "seq_cls": "AutoModelForSequenceClassification",
+        "token_cls": "AutoModelForTokenClassification",
+        "qa": "AutoModelForQuestionAnswering",
+    }[model.head]
+    pt = getattr(transformers, auto).from_pretrained(out_dir).eval()
+    kw = {
+        k: torch.tensor(batch[k]).long() for k in ("input_ids", "attention_mask", "token_type_ids")
+    }
+    if task == "qa":
+        kw["start_positions"] = torch.tensor(batch["labels"][:, 0]).long()
+        kw["end_positions"] = torch.tensor(batch["labels"][:, 1]).long()
+    elif task in ("regression", "multilabel"):
+        kw["labels"] = torch.tensor(batch["labels"]).float()
+    else:
+        kw["labels"] = torch.tensor(batch["labels"]).long()
+    with torch.no_grad():
+        ref = float(pt(**kw).loss)
+    np.testing.assert_allclose(float(metrics["loss_hard"]), ref, rtol=2e-5, atol=1e-6)
+    assert float(metrics["loss_kd"]) == 0.0 and float(metrics["loss"]) == float(
+        metrics["loss_hard"]
+    )
+
+
+def _np_soft_kl(s, t, T, mask=None):
+    """Hinton KD in NumPy: T^2 * mean over selected rows of KL(softmax(t/T) || softmax(s/T))."""
+
+    def log_softmax(x):
+        x = x / T - (x / T).max(-1, keepdims=True)
+        return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+    lp, lq = log_softmax(np.float64(t)), log_softmax(np.float64(s))
+    kl = (np.exp(lp) * (lp - lq)).sum(-1)
+    sel = np.ones(kl.shape, bool) if mask is None else mask.astype(bool)
+    return kl[sel].mean() * T**2
+
+
+@pytest.mark.parametrize("task", ["classification", "token_classification", "regression", "qa"])
+def test_kd_term_equals_independent_soft_kl(task):
+    model, params, _ = _model(task, seed=0, noise=0.3)
+    teacher, t_params, _ = _model(task, seed=1, noise=0.3)
+    batch = _batch(task, seed=3)
+    spec = LossSpec(alpha_hard=0.5, alpha_kd=2.0, temperature=3.0)
+    state, step = _step(task, params, model, teacher, t_params, spec)
+    _, m = step(state, t_params, batch, jax.random.key(0))
+
+    inputs = (batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+    s = np.asarray(model.apply({"params": params}, *inputs)[0])
+    t = np.asarray(teacher.apply({"params": t_params}, *inputs)[0])
+    mask = batch["attention_mask"]
+    if task == "classification":
+        want = _np_soft_kl(s, t, 3.0)
+        np.testing.assert_allclose(
+            float(losses.soft_kl(jnp.asarray(s), jnp.asarray(t), None, 3.0)), want, rtol=1e-5
+        )
+    elif task == "token_classification":
+        want = _np_soft_kl(s, t, 3.0, mask)
+    elif task == "regression":
+        want = np.mean((s - t) ** 2)
+    else:  # QA: start and end distributions over the real tokens, averaged
+        per = []
+        for i in (0, 1):
+            sel = [
+                _np_soft_kl(s[b, mask[b] == 1, i][None], t[b, mask[b] == 1, i][None], 3.0)
+                for b in range(len(s))
+            ]
+            per.append(np.mean(sel))
+        want = np.mean(per)
+    np.testing.assert_allclose(float(m["loss_kd"]), want, rtol=1e-4, atol=1e-7)
+    total = 0.5 * float(m["loss_hard"]) + 2.0 * float(m["loss_kd"])
+    np.testing.assert_allclose(float(m["loss"]), total, rtol=1e-5)
+
+
+def test_hidden_term_and_teacher_gets_no_gradient():
+    model, params, _ = _model("classification")
+    teacher, t_params, _ = _model("classification", seed=1)
+    batch = _batch("classification")
+    spec = LossSpec(alpha_hard=0.0, alpha_kd=0.0, alpha_hidden=1.0, hidden_loss="cos")
+    state, step = _step("classification", params, model, teacher, t_params, spec)
+    _, m = step(state, t_params, batch, jax.random.key(0))
+    inputs = (batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+    hs = model.apply({"params": params}, *inputs)[1]["last_hidden_state"]
+    ht = teacher.apply({"params": t_params}, *inputs)[1]["last_hidden_state"]
+    want = losses.cosine_hidden(hs, ht, batch["attention_mask"])
+    np.testing.assert_allclose(float(m["loss_hidden"]), float(want), rtol=1e-5)
+
+
+def test_loss_decreases_on_a_fixed_batch():
+    model, params, _ = _model("classification")
+    batch = _batch("classification")
+    state, step = _step("classification", params, model, lr=3e-3)
+    seen = []
+    for i in range(12):
+        state, m = step(state, None, batch, jax.random.key(i))
+        seen.append(float(m["loss"]))
+    assert seen[-1] < 0.5 * seen[0], seen
+
+
+# ---------------------------------------------------------------- early stopping, batches
+
+
+def test_early_stopping_by_hand():
+    es = EarlyStopping("mcc", patience=3)
+    verdicts = []
+    for step, value in zip(range(10, 80, 10), [0.1, 0.5, 0.4, 0.5, 0.45, 0.6, 0.2]):
+        improved = es.update(step, value)
+        verdicts.append((improved, es.should_stop))
+    # 0.5 at step 20 is best; 0.4, 0.5 (equal is no improvement), 0.45 are 3 bad evals: stop.
+    assert verdicts[:5] == [
+        (True, False),
+        (True, False),
+        (False, False),
+        (False, False),
+        (False, True),
+    ]
+    assert (es.best, es.best_step, es.bad_evals) == (0.5, 20, 3)
+
+    loss = EarlyStopping("loss", patience=2, min_delta=0.01)  # auto mode: min for loss
+    assert loss.mode == "min"
+    assert [loss.update(s, v) for s, v in enumerate([1.0, 0.995, 0.9, 0.95])] == [
+        True,
+        False,
+        True,
+        False,
+    ]
+    assert not loss.should_stop and loss.best_step == 2
+    never = EarlyStopping("accuracy", patience=0)
+    for s in range(20):
+        never.update(s, 0.5)
+    assert not never.should_stop
+    restored = EarlyStopping("mcc")
+    restored.load_state_dict(es.state_dict())
+    assert restored.state_dict() == es.state_dict()
+    with pytest.raises(ValueError, match="mode"):
+        EarlyStopping("mcc", mode="up")
+
+
+def test_epoch_plan_is_seeded_full_and_grouped():
+    lengths = np.random.RandomState(0).randint(3, 60, 203)
+    plan = finetune.epoch_plan(lengths, 8, seed=1, epoch=0, group_batches=5)
+    assert plan.shape == (25, 8) and len(set(plan.ravel())) == 200
+    np.testing.assert_array_equal(
+        plan, finetune.epoch_plan(lengths, 8, seed=1, epoch=0, group_batches=5)
+    )
+    assert not np.array_equal(
+        plan, finetune.epoch_plan(lengths, 8, seed=1, epoch=1, group_batches=5)
+    )
+    spread = lambda p: np.mean([np.ptp(lengths[b]) for b in p])
+    flat = finetune.epoch_plan(lengths, 8, seed=1, epoch=0, group_by_length=False)
+    assert spread(plan) < 0.5 * spread(flat)  # grouping cuts the padding
+
+
+# ---------------------------------------------------------------- tiny jobs on real data
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    """A random 2-layer, hidden-32 BERT with MiniLM's tokenizer (vocab 30522)."""
+    from flaxdistil import assets
+
+    cfg = CFG.replace(vocab_size=30522)
+    out = tmp_path_factory.mktemp("tiny") / "hf"
+    params = init_student(cfg, None, jax.random.key(0))
+    return hf.save_pretrained(out, params, cfg, None, tokenizer_from=assets.minilm_dir())
+
+
+def _tiny_cfg(model_path, tmp_path, **train):
+    from configs import task_tiny
+
+    c = task_tiny.get_config()
+    c.model.path = str(model_path)
+    c.data.cache_dir = str(tmp_path / "tok")
+    c.data.max_train_examples = 48
+    c.data.max_eval_examples = 24
+    c.train.update(dict(epochs=1, max_steps=6, eval_every=2, metric="loss"), **train)
+    return c
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_dir, tmp_path_factory):
+    work = tmp_path_factory.mktemp("run")
+    cfg = _tiny_cfg(tiny_dir, work)
+    return finetune.run_finetune(cfg, work / "job"), work / "job", cfg
+
+
+def test_progress_csv_best_checkpoint_and_export(tiny_run):
+    results, work, cfg = tiny_run
+    with (work / "progress.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == [
+        "step",
+        "epoch",
+        "train_loss",
+        "eval_loss",
+        "eval_accuracy",
+        "eval_macro_f1",
+        "eval_mcc",
+        "elapsed_s",
+    ]
+    assert [int(r["step"]) for r in rows] == [2, 4, 6]
+    losses_ = [float(r["eval_loss"]) for r in rows]
+    best = int(rows[int(np.argmin(losses_))]["step"])
+    assert results["best_step"] == results["steps_to_best"] == best
+    assert results["validation"]["loss"] == pytest.approx(min(losses_))
+    assert [p.name for p in (work / "best").iterdir() if p.name.isdigit()] == [str(best)]
+    # The export is the best model: reloaded, it scores the best eval again.
+    pre = hf.load_pretrained(work / "best_hf", "seq_cls")
+    job = finetune.setup(cfg)
+    fwd = finetune.make_forward(Model(pre.config, "seq_cls"))
+    again = finetune.evaluate(fwd, pre.params, job.data, "validation", batch_size=16)
+    assert again["loss"] == pytest.approx(min(losses_), rel=1e-5)
+    assert (work / "train.csv").exists() and any((work / "tb").rglob("events.*"))
+    assert set(results["test"]) == {"loss", "accuracy", "macro_f1", "mcc"}
+
+
+def test_distill_job_from_a_fine_tuned_teacher(tiny_run, tmp_path):
+    _, teacher_work, _ = tiny_run
+    cfg = _tiny_cfg("teacher", tmp_path, max_steps=2)
+    cfg.teacher.path = str(teacher_work / "best_hf")
+    cfg.model.layers = "0"
+    cfg.export.hf = False
+    res = finetune.run_finetune(cfg, tmp_path / "kd")
+    assert res["layers"] == 1 and res["teacher"] == cfg.teacher.path
+    with (tmp_path / "kd" / "train.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert all(float(r["loss_kd"]) > 0 for r in rows)
+    cfg.teacher.path = str(teacher_work.parent.parent / "nope")
+    with pytest.raises(FileNotFoundError):
+        finetune.run_finetune(cfg, tmp_path / "kd2")
+
+
+def test_compare_models_writes_csv_and_pngs(tiny_dir, tmp_path):
+    from flaxdistil import compare
+
+    cfg = _tiny_cfg(tiny_dir, tmp_path, max_steps=2, metric="mcc")
+    cfg.export.hf = False
+    cfg.compare.models = f"tiny-L2={tiny_dir};tiny-L1={tiny_dir}@0"
+    rows = compare.compare(cfg, tmp_path / "cmp")
+    assert [r["model"] for r in rows] == ["tiny-L2", "tiny-L1"]
+    assert rows[0]["params"] > rows[1]["params"]
+    with (tmp_path / "cmp" / "comparison.csv").open() as f:
+        table = list(csv.DictReader(f))
+    assert [r["model"] for r in table] == ["tiny-L2", "tiny-L1"]
+    assert {"wall_time_s", "steps_to_best", "test_mcc", "test_accuracy", "params"} <= set(table[0])
+    for png in ("mcc_vs_steps.png", "runtime.png"):
+        assert (tmp_path / "cmp" / png).read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="name=path"):
+        compare.parse_models("just-a-path")
