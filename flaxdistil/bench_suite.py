@@ -8,6 +8,7 @@ comparison interleaved, and returns plain rows (dicts) for the JSON and the tabl
 from __future__ import annotations
 
 import gc
+import itertools
 import traceback
 from collections.abc import Callable
 
@@ -28,10 +29,10 @@ def _build(built: list, meta: dict, make: Callable[..., bench.Case], *args, **kw
     built.append((meta | info, run))
 
 
-def _time(built: list, repeats: int) -> list[dict]:
+def _time(built: list, repeats: int, settle: bool = False) -> list[dict]:
     """Time the built cases interleaved; each call processes row['batch'] x row['seq'] tokens."""
     runs = {i: run for i, (_, run) in enumerate(built) if run is not None}
-    times = bench.interleaved(runs, repeats)
+    times = bench.interleaved(runs, repeats, settle)
     rows = []
     for i, (row, _) in enumerate(built):
         if i in times:
@@ -69,6 +70,7 @@ def train_section(
     variants: list[Variant],
     steps: int,
     torch_modes: list[str],
+    torch_threads: list[int] = (0,),
     peak_tflops: float | None = None,
     check_flops: bool = True,
 ) -> list[dict]:
@@ -88,12 +90,11 @@ def train_section(
                 meta_v = meta | {"impl": "flaxdistil", "variant": v.name}
                 args = (t_params, s_params, cfg, s_cfg, host, dtype, v)
                 _build(built, meta_v, bench.jax_train_case, *args)
-            for mode in torch_modes:
-                for gather in gathers:
-                    meta_t = meta | {"impl": f"torch {mode}", "variant": ("base", "gather")[gather]}
-                    args = (cfg, s_cfg, host, dtype)
-                    kw = {"gather": gather, "compile": mode == "compile"}
-                    _build(built, meta_t, bench_torch.torch_train_case, *args, **kw)
+            for mode, gather, threads in itertools.product(torch_modes, gathers, torch_threads):
+                impl = f"torch {mode}" + _threads_note(threads, torch_threads)
+                meta_t = meta | {"impl": impl, "variant": ("base", "gather")[gather]}
+                kw = {"gather": gather, "compile": mode == "compile", "threads": threads}
+                _build(built, meta_t, bench_torch.torch_train_case, cfg, s_cfg, host, dtype, **kw)
             group = _time(built, steps)
             if check_flops:
                 for gather in gathers:
@@ -110,20 +111,26 @@ def train_section(
     return rows
 
 
+def _threads_note(threads: int, all_threads) -> str:
+    return f" ({threads or 'default'} thr)" if len(all_threads) > 1 else ""
+
+
 def _ratios(group: list[dict]) -> None:
-    """flaxdistil tokens/s over torch's, on the same loss (gather or not)."""
+    """flaxdistil tokens/s over the fastest torch eager / compile row with the same loss."""
     for row in group:
         if row["impl"] != "flaxdistil" or "tokens_per_s" not in row:
             continue
         gather = "gather" if row["variant"].startswith("gather") else "base"
-        for ref in group:
-            if (
-                ref["impl"].startswith("torch")
-                and ref["variant"] == gather
-                and "tokens_per_s" in ref
-            ):
-                key = "vs_" + ref["impl"].replace(" ", "_")
-                row[key] = row["tokens_per_s"] / ref["tokens_per_s"]
+        for mode in ("eager", "compile"):
+            refs = [
+                r["tokens_per_s"]
+                for r in group
+                if r["impl"].startswith(f"torch {mode}")
+                and r["variant"] == gather
+                and "tokens_per_s" in r
+            ]
+            if refs:
+                row[f"vs_torch_{mode}"] = row["tokens_per_s"] / max(refs)
 
 
 def infer_section(
@@ -138,9 +145,10 @@ def infer_section(
     dtype: str = "float32",
     fused: bool = False,
     with_torch: bool = True,
+    torch_threads: list[int] = (0,),
 ) -> list[dict]:
     """Sequence-classifier forward: latency at batch 1 and throughput, teacher vs student,
-    flaxdistil (jit) vs torch (eager, inference_mode)."""
+    flaxdistil (jit; scanned and unrolled layers) vs torch (eager, inference_mode)."""
     cfg = cfg.replace(num_labels=1)  # an STS-B-like regression head
     t_params, s_params, s_cfg = bench.teacher_student(cfg, student_layers, "seq_cls")
     models = {"teacher": (cfg, t_params), "student": (s_cfg, s_params)}
@@ -160,22 +168,30 @@ def infer_section(
                 "seq": seq,
                 "dtype": dtype,
             }
-            args = (c, params, host, dtype, fused)
-            _build(built, meta | {"impl": "flaxdistil"}, bench.jax_infer_case, *args)
-            if with_torch:
+            for scan in (True, False):
+                meta_j = meta | {"impl": "flaxdistil", "variant": ("unrolled", "scan")[scan]}
+                kw = {"fused": fused, "scan_layers": scan}
+                _build(built, meta_j, bench.jax_infer_case, c, params, host, dtype, **kw)
+            for threads in torch_threads if with_torch else ():
                 from flaxdistil import bench_torch
 
-                args = (c, host, dtype)
-                _build(built, meta | {"impl": "torch eager"}, bench_torch.torch_infer_case, *args)
-        group = _time(built, repeats)
-        by = {(r["model"].split()[0], r["impl"]): r for r in group if "ms" in r}
-        for (who, impl), row in by.items():
-            if who == "student" and ("teacher", impl) in by:
-                row["vs_teacher"] = row["ms"] / by["teacher", impl]["ms"]
-            if impl == "flaxdistil" and (who, "torch eager") in by:
-                row["vs_torch_eager"] = row["ms"] / by[who, "torch eager"]["ms"]
+                meta_t = meta | {"impl": "torch eager", "variant": f"{threads or 'default'} thr"}
+                _build(built, meta_t, bench_torch.torch_infer_case, c, host, dtype, threads)
+        group = _time(built, repeats, settle=True)  # short calls: see bench.interleaved
+        _infer_ratios([r for r in group if "ms" in r])
         rows += group
     return rows
+
+
+def _infer_ratios(rows: list[dict]) -> None:
+    """student/teacher latency per (impl, variant); flaxdistil over the fastest torch row."""
+    by = {(r["model"].split()[0], r["impl"], r["variant"]): r for r in rows}
+    for (who, impl, variant), row in by.items():
+        if who == "student" and ("teacher", impl, variant) in by:
+            row["vs_teacher"] = row["ms"] / by["teacher", impl, variant]["ms"]
+        torch_ms = [r["ms"] for (w, i, _), r in by.items() if w == who and i == "torch eager"]
+        if impl == "flaxdistil" and torch_ms:
+            row["vs_torch_eager"] = row["ms"] / min(torch_ms)
 
 
 def scaling_section(

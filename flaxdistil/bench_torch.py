@@ -32,6 +32,7 @@ from flaxdistil.bench import (
 from flaxdistil.models import ModelConfig
 
 MASK_ID, IGNORE = 103, -100
+DEFAULT_THREADS = torch.get_num_threads()
 SPECIAL_IDS = (0, 100, 101, 102, 103)
 
 
@@ -47,6 +48,14 @@ def bert_config(cfg: ModelConfig, **kw) -> transformers.BertConfig:
 def _sync():
     if torch.cuda.is_available():
         torch.cuda.synchronize()
+
+
+def _threads(n: int) -> None:
+    """Cases with different thread counts are interleaved, so each sets its own before running.
+    On a shared, oversubscribed CPU OpenMP's barriers make 2 threads far slower than 1."""
+    n = n or DEFAULT_THREADS
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
 
 
 def _autocast(dtype: str):
@@ -121,9 +130,11 @@ def torch_train_case(
     *,
     gather: bool,
     compile: bool,
+    threads: int = 0,
     warmup: int = 2,
     seed: int = 0,
 ) -> Case:
+    """One DistilBERT step (see the module docstring); threads > 0 sets torch's CPU threads."""
     torch.manual_seed(seed)
     dev = device()
     teacher = transformers.BertForMaskedLM(bert_config(t_cfg)).to(dev).eval()
@@ -138,6 +149,7 @@ def torch_train_case(
     loss_fn = torch.compile(distil_loss) if compile else distil_loss
 
     def run():
+        _threads(threads)
         with _autocast(dtype):
             loss = loss_fn(teacher, student, ids, mask, gather)
         loss.backward()
@@ -165,7 +177,9 @@ def torch_train_case(
     }
 
 
-def torch_infer_case(cfg: ModelConfig, host_batch: dict, dtype: str, seed: int = 0) -> Case:
+def torch_infer_case(
+    cfg: ModelConfig, host_batch: dict, dtype: str, threads: int = 0, seed: int = 0
+) -> Case:
     """BertForSequenceClassification (eager) under torch.inference_mode."""
     torch.manual_seed(seed)
     dev = device()
@@ -175,6 +189,7 @@ def torch_infer_case(cfg: ModelConfig, host_batch: dict, dtype: str, seed: int =
     mask = torch.from_numpy(np.asarray(host_batch["attention_mask"])).long()
 
     def run():
+        _threads(threads)
         with torch.inference_mode():
             out = model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits
         _sync()

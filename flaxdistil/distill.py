@@ -26,8 +26,12 @@ from flaxdistil.models import Model
 
 
 def load_texts(corpus: str, split: str, limit: int = 0) -> list[str]:
-    """A TFDS name (ours or the catalog's) or a plain-text file (one document per paragraph)."""
-    path = Path(corpus).expanduser()
+    """A TFDS name (ours or the catalog's), a plain-text file (one document per paragraph), or
+    'antibody_germlines' (flaxdistil.assets)."""
+    from flaxdistil import assets
+
+    path = Path(assets.antibody_germlines_file() if corpus == "antibody_germlines" else corpus)
+    path = path.expanduser()
     if path.suffix == ".txt" or path.exists():
         if not path.exists():
             raise FileNotFoundError(f"corpus file {path} does not exist")

@@ -94,14 +94,10 @@ def kd_loss(s_logits, t_logits, batch: dict, task: str, temperature: float):
     if task == "token_classification":
         return losses.soft_kl(s_logits, t_logits, batch["attention_mask"], temperature)
     if task == "qa":
-        s, t = (
-            _qa_logits(s_logits, batch["attention_mask"]),
-            _qa_logits(t_logits, batch["attention_mask"]),
-        )
-        return (
-            losses.soft_kl(s[0], t[0], None, temperature)
-            + losses.soft_kl(s[1], t[1], None, temperature)
-        ) / 2
+        mask = batch["attention_mask"]
+        (s0, s1), (t0, t1) = _qa_logits(s_logits, mask), _qa_logits(t_logits, mask)
+        kl = functools.partial(losses.soft_kl, mask=None, temperature=temperature)
+        return (kl(s0, t0) + kl(s1, t1)) / 2
     raise ValueError(f"unknown task {task!r}: expected one of {list(HEADS)}")
 
 

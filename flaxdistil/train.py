@@ -225,8 +225,8 @@ def distill_step(
     metrics = {
         **terms,
         "mlm_accuracy": acc,
-        "grad_norm": optax.global_norm(grads),
-        "param_norm": optax.global_norm(params),
+        "grad_norm": optax.tree.norm(grads),
+        "param_norm": optax.tree.norm(params),
         "masked_tokens": (labels != losses.IGNORE_INDEX).sum(),
         "tokens": mask.sum(),
     }

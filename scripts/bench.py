@@ -59,6 +59,12 @@ def parse(argv=None) -> argparse.Namespace:
     )
     add("--torch", action=argparse.BooleanOptionalAction, default=True, help="the reference")
     add("--torch-compile", action=argparse.BooleanOptionalAction, default=True)
+    add(
+        "--torch-threads",
+        type=ints,
+        default=[0],
+        help="torch CPU thread counts to compare, e.g. 2,1 (0: torch's default)",
+    )
     add("--sections", type=strs, default=["train", "infer", "scaling"])
     add("--peak-tflops", type=float, default=None, help="device peak for MFU (unknown devices)")
     add("--check-flops", action=argparse.BooleanOptionalAction, default=True)
@@ -119,6 +125,7 @@ def main(argv=None) -> dict:
             dtype=args.infer_dtype,
             fused=args.infer_fused,
             with_torch=args.torch,
+            torch_threads=args.torch_threads,
         )
     if "train" in args.sections:
         results["train"] = bench_suite.train_section(
@@ -130,6 +137,7 @@ def main(argv=None) -> dict:
             variants=variants,
             steps=args.steps,
             torch_modes=torch_modes,
+            torch_threads=args.torch_threads,
             peak_tflops=args.peak_tflops,
             check_flops=args.check_flops,
         )

@@ -53,6 +53,9 @@ def phase_configs(args, workdir: Path) -> dict:
         c.data.max_length = args.max_length or c.data.max_length
         lr = args.teacher_lr if name == "teacher" else args.student_lr
         c.train.learning_rate = lr or c.train.learning_rate
+        if args.smoke:  # a few steps on a few examples: checks the plumbing, not the numbers
+            c.data.update(max_train_examples=128, max_eval_examples=64)
+            c.train.update(max_steps=4, eval_every=2)
     return cfgs
 
 
@@ -106,6 +109,7 @@ def main() -> None:
     ap.add_argument("--teacher_lr", type=float, help="override the teacher's learning rate")
     ap.add_argument("--student_lr", type=float, help="override the students' learning rate")
     ap.add_argument("--reuse", action="store_true", help="skip phases that already finished")
+    ap.add_argument("--smoke", action="store_true", help="4 steps per phase (plumbing check)")
     args = ap.parse_args()
     from absl import logging
 

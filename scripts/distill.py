@@ -11,10 +11,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # configs/ imports its siblings
 
-from absl import app, flags, logging  # noqa: E402
+from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from flaxdistil import distill, sharding  # noqa: E402
+from flaxdistil.cli import user_errors  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<name>.py", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "output directory (checkpoints, logs, export)")
@@ -23,9 +24,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
     del argv
-    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     sharding.maybe_initialize_distributed()
-    distill.run(_CONFIG.value, _WORKDIR.value)
+    with user_errors():
+        distill.run(_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":

@@ -14,10 +14,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from absl import app, flags, logging  # noqa: E402
+from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from flaxdistil import assets, distill  # noqa: E402
+from flaxdistil.cli import user_errors  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<name>.py", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "output directory")
@@ -30,9 +31,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
     del argv
-    logging.set_verbosity(logging.WARNING)
-    cfg = _CONFIG.value
-    results = distill.run(cfg, _WORKDIR.value)
+    with user_errors():
+        results = distill.run(_CONFIG.value, _WORKDIR.value)
     dest = Path(_INSTALL.value)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".teacher-", dir=dest.parent))

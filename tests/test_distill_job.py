@@ -46,9 +46,25 @@ def save_tiny(out: Path, cls: str = "BertForMaskedLM", vocab_size: int = 30522) 
     return out
 
 
+def once(tmp_path_factory, name: str, make) -> Path:
+    """``make(dir)`` once per test session, even under pytest-xdist: the workers share the
+    directory, and the one that comes second waits for it instead of doing the work again."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    out, done = root / name, root / f"{name}.done"
+    with FileLock(str(root / f"{name}.lock")):
+        if not done.exists():
+            make(out)
+            done.touch()
+    return out
+
+
 @pytest.fixture(scope="session")
 def teacher_dir(tmp_path_factory):
-    return save_tiny(tmp_path_factory.mktemp("teacher") / "bert")
+    return once(tmp_path_factory, "tiny_teacher", save_tiny)
 
 
 def command(workdir, teacher, *overrides) -> list[str]:
@@ -101,17 +117,19 @@ def restore_params(workdir: Path, step: int):
 def run_a(teacher_dir, tmp_path_factory):
     """An uninterrupted run: the reference for the resume test and the subject of the outputs
     test."""
-    workdir = tmp_path_factory.mktemp("run_a")
-    proc = run(resumable(workdir, teacher_dir))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return workdir, proc
+
+    def make(workdir):
+        proc = run(resumable(workdir, teacher_dir))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+    return once(tmp_path_factory, "run_a", make)
 
 
 # ---------------------------------------------------------------- resume
 
 
 def test_sigkill_then_resume_reproduces_the_run(run_a, teacher_dir, tmp_path):
-    workdir_a, _ = run_a
+    workdir_a = run_a
     workdir = tmp_path / "run_b"
     cmd = resumable(workdir, teacher_dir)
     proc = subprocess.Popen(
@@ -233,7 +251,7 @@ def test_run_writes_metrics_results_and_a_loadable_export(run_a, teacher_dir):
     from flaxdistil import hf
     from flaxdistil.models import Model
 
-    workdir, _ = run_a
+    workdir = run_a
     rows = read_csv(workdir / "train.csv")
     assert [int(r["step"]) for r in rows] == list(range(1, STEPS + 1))
     for k in ("loss", "loss_ce", "loss_mlm", "loss_cos", "loss_mse", "grad_norm", "param_norm"):

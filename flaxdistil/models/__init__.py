@@ -1,7 +1,7 @@
 """Flax modules for BERT-like encoders: config, encoder, heads."""
 
 from flaxdistil.models.config import FAMILIES, HEADS, ModelConfig
-from flaxdistil.models.encoder import Encoder, Layer
+from flaxdistil.models.encoder import Encoder, Layer, unstack_layers
 from flaxdistil.models.heads import Model, build, init_params, uses_pooler
 
 __all__ = [
@@ -14,4 +14,5 @@ __all__ = [
     "build",
     "init_params",
     "uses_pooler",
+    "unstack_layers",
 ]

@@ -178,6 +178,9 @@ class Encoder(nn.Module):
     with_pooler: bool = False
     remat: str | None = None  # None: no remat; else a key of REMAT_POLICIES
     attention_impl: str = "einsum"
+    # False: one module per layer ('layer_0', ...; see unstack_layers). Inference on CPU then reads
+    # each weight once, where the scan's dynamic slices first copy every layer's weights.
+    scan_layers: bool = True
 
     @nn.compact
     def __call__(
@@ -199,22 +202,35 @@ class Encoder(nn.Module):
         layer_cls = Layer
         if self.remat is not None:
             layer_cls = nn.remat(Layer, policy=REMAT_POLICIES[self.remat], prevent_cse=False)
-        stack = nn.scan(
-            layer_cls,
-            variable_axes={"params": 0},
-            split_rngs={"params": True, "dropout": True},
-            in_axes=nn.broadcast,
-            length=cfg.num_hidden_layers,
-        )
-        last_BxTxD, (hidden_LxBxTxD, att_LxBxHxTxT) = stack(
+        layer_args = (
             cfg,
             self.dtype,
             not train,
             output_hidden_states,
             output_attentions,
             self.attention_impl,
-            name="layer",
-        )(h_BxTxD, attention_mask_BxT)
+        )
+        if self.scan_layers:
+            stack = nn.scan(
+                layer_cls,
+                variable_axes={"params": 0},
+                split_rngs={"params": True, "dropout": True},
+                in_axes=nn.broadcast,
+                length=cfg.num_hidden_layers,
+            )
+            last_BxTxD, (hidden_LxBxTxD, att_LxBxHxTxT) = stack(*layer_args, name="layer")(
+                h_BxTxD, attention_mask_BxT
+            )
+        else:
+            last_BxTxD, ys = h_BxTxD, []
+            for i in range(cfg.num_hidden_layers):
+                last_BxTxD, y = layer_cls(*layer_args, name=f"layer_{i}")(
+                    last_BxTxD, attention_mask_BxT
+                )
+                ys.append(y)
+            hidden_LxBxTxD, att_LxBxHxTxT = (
+                None if y[0] is None else jnp.stack(y) for y in zip(*ys)
+            )
         aux = {"last_hidden_state": last_BxTxD, "word_embeddings": word.embedding}
         if output_hidden_states:
             aux["hidden_states"] = jnp.concatenate([h_BxTxD[None], hidden_LxBxTxD], axis=0)
@@ -224,3 +240,13 @@ class Encoder(nn.Module):
             pooled = dense(cfg, cfg.hidden_size, "pooler", self.dtype)(last_BxTxD[:, 0])
             aux["pooled"] = jnp.tanh(pooled)
         return last_BxTxD, aux
+
+
+def unstack_layers(params: dict) -> dict:
+    """Params of a scanned model ('layer' with a leading layer axis) -> those of the same model
+    with scan_layers=False ('layer_0', 'layer_1', ...)."""
+    enc = dict(params["encoder"])
+    stacked = enc.pop("layer")
+    n = jax.tree.leaves(stacked)[0].shape[0]
+    enc.update({f"layer_{i}": jax.tree.map(lambda x, i=i: x[i], stacked) for i in range(n)})
+    return {**params, "encoder": enc}

@@ -85,6 +85,7 @@ class Model(nn.Module):
     dtype: jnp.dtype = jnp.float32  # compute dtype; params stay float32
     remat: str | None = None
     attention_impl: str = "einsum"
+    scan_layers: bool = True  # False: per-layer params, see encoder.unstack_layers
 
     @nn.compact
     def __call__(
@@ -107,6 +108,7 @@ class Model(nn.Module):
             uses_pooler(cfg, head),
             self.remat,
             self.attention_impl,
+            self.scan_layers,
             name="encoder",
         )(
             input_ids,
