@@ -1,6 +1,7 @@
 """Adapt all-MiniLM-L6-v2 (with its fitted MLM head) to masked-LM: every weight trainable.
 
-    python scripts/fit_mlm_head.py --config configs/minilm_mlm_adapt.py --workdir workdirs/minilm_adapt
+    python scripts/fit_mlm_head.py --config configs/minilm_mlm_adapt.py \
+        --workdir workdirs/minilm_adapt
 
 Why: a head on the *frozen* encoder reaches only ~6% held-out masked-token accuracy (see
 configs/minilm_mlm_head.py and the README): MiniLM was itself distilled from UniLM by matching

@@ -1,6 +1,7 @@
 """Fit a masked-LM head on the frozen all-MiniLM-L6-v2 encoder, making it a distillation teacher.
 
-    python scripts/fit_mlm_head.py --config configs/minilm_mlm_head.py --workdir workdirs/minilm_head
+    python scripts/fit_mlm_head.py --config configs/minilm_mlm_head.py \
+        --workdir workdirs/minilm_head
 
 all-MiniLM-L6-v2 ships without an MLM head (it is a sentence-embedding model). Only the head
 (transform dense + LayerNorm + vocabulary bias; the decoder is tied to the frozen word embeddings)

@@ -26,6 +26,7 @@ import optax
 from flaxdistil import hf, losses, metrics, sharding, train
 from flaxdistil import student as students
 from flaxdistil.checkpoint import Checkpointer
+from flaxdistil.data.tasks import collate
 from flaxdistil.finetune_setup import HEADS, TaskData, setup
 from flaxdistil.logger import MetricsLogger, Progress, check_finite
 from flaxdistil.models import Model
@@ -210,8 +211,6 @@ def epoch_plan(
 
 
 def _collate(encoded, idx, pad_id, pad_multiple, rows: int | None = None) -> dict:
-    from flaxdistil.data.tasks import collate
-
     batch = collate(encoded, idx, pad_id, pad_multiple)
     if rows is not None and len(idx) < rows:  # fill to a fixed row count: one compiled shape
         extra = rows - len(idx)

@@ -1,6 +1,7 @@
 """Fit an MLM head on a frozen encoder and install the result as a distillation teacher.
 
-    python scripts/fit_mlm_head.py --config configs/minilm_mlm_head.py --workdir workdirs/minilm_head
+    python scripts/fit_mlm_head.py --config configs/minilm_mlm_head.py \
+        --workdir workdirs/minilm_head
 
 The run itself is the distillation job with no teacher and only `mlm/` params trainable; the
 exported model is copied to ~/.cache/flaxdistil/teachers/all-MiniLM-L6-v2-mlm (--install_to).

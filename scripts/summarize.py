@@ -18,7 +18,7 @@ def main(workdirs: list[str]) -> None:
         if "teacher" in res and not any(r[0] == "teacher" for r in rows):
             rows.append(("teacher", res["teacher"]))
         rows.append((Path(w).name, res["student"]))
-    print(f"| model | held-out MLM loss | accuracy | perplexity |\n|---|---|---|---|")
+    print("| model | held-out MLM loss | accuracy | perplexity |\n|---|---|---|---|")
     for name, r in rows:
         print(f"| {name} | {r['mlm_loss']:.4f} | {r['mlm_accuracy']:.4f} | {r['perplexity']:.2f} |")
 
