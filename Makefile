@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export XLA_PYTHON_CLIENT_PREALLOCATE ?= false
 
-.PHONY: setup assets demo test lint clean teacher distill-minilm
+.PHONY: setup assets demo demo-export test lint clean teacher distill-minilm
 
 setup: $(VENV)/.installed
 
@@ -19,6 +19,10 @@ assets: setup
 	$(PY) scripts/fetch_assets.py
 
 demo: assets
+	$(PY) scripts/demo.py
+
+# The quick foundation check: MiniLM -> 3-layer student -> HF export -> transformers.
+demo-export: assets
 	$(PY) scripts/demo.py
 
 test: assets

@@ -256,8 +256,9 @@ def jax_train_case(
     tx = train.make_optimizer(
         learning_rate=5e-4, total_steps=10_000, warmup_steps=100, max_grad_norm=5.0
     )
-    state_sh = sharding.tree_shardings(train.create_state(s_params, tx), mesh)
-    state = jax.device_put(train.create_state(s_params, tx), state_sh)
+    state = train.create_state(s_params, tx)
+    state_sh = sharding.tree_shardings(state, mesh)
+    state = jax.device_put(state, state_sh)
     t_sh = sharding.tree_shardings(t_params, mesh)
     t_params = jax.device_put(jax.tree.map(lambda x: jnp.asarray(x, t_dtype), t_params), t_sh)
     batch = sharding.shard_batch(host_batch, mesh)
@@ -355,7 +356,6 @@ def machine_info() -> dict:
         "nproc": len(os.sched_getaffinity(0)),
         "cpu": _cpu_model(),
         "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-        "load_average_start": os.getloadavg(),
         "python": platform.python_version(),
         "jax": jax.__version__,
         "flax": flax.__version__,

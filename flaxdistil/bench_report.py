@@ -8,7 +8,10 @@ from flaxdistil import bench
 def targets(results: dict) -> list[dict]:
     """Issue 5's targets, each met / missed / not measured on this run."""
     out = []
-    latency = [r for r in results.get("inference", []) if r["mode"] == "latency" and "ms" in r]
+    cpu = results["machine"]["backend"] == "cpu"  # the latency targets are CPU ones
+    latency = [
+        r for r in results.get("inference", []) if cpu and r["mode"] == "latency" and "ms" in r
+    ]
     for r in latency:
         who = f"{r['impl']} ({r['variant']})"
         if "vs_teacher" in r:
@@ -27,9 +30,13 @@ def targets(results: dict) -> list[dict]:
     mfu, ratio = best.get("mfu"), best.get("vs_torch_eager")
     out.append(_target("H100 bf16 seq-512 step MFU >= 45%", mfu, (mfu or 0) >= 0.45, gpu and mfu))
     out.append(
-        _target("H100 bf16 seq-512 step >= 1.5x eager PyTorch", ratio, (ratio or 0) >= 1.5,
-                gpu and ratio)
-    )  # fmt: skip
+        _target(
+            "H100 bf16 seq-512 step >= 1.5x eager PyTorch",
+            ratio,
+            (ratio or 0) >= 1.5,
+            gpu and ratio,
+        )
+    )
     return out
 
 
@@ -134,62 +141,83 @@ CHECK_COLUMNS = [
 ]
 
 
+def merge(old: dict, new: dict) -> dict:
+    """``new``'s runs replace the rows of ``old`` with the same section and setup; others stay."""
+    fresh = {(r["section"], r["setup"]) for r in new["runs"]}
+    out = {"machine": new["machine"]}
+    out["runs"] = [r for r in old.get("runs", []) if (r["section"], r["setup"]) not in fresh]
+    out["runs"] += new["runs"]
+    for key in SECTIONS:
+        rows = [r for r in old.get(key, []) if (key, r.get("setup")) not in fresh]
+        if rows + new.get(key, []):
+            out[key] = rows + new.get(key, [])
+    return out
+
+
+SECTIONS = {
+    "train": ("Distillation step", TRAIN_COLUMNS),
+    "inference": ("Inference: sequence classifier forward", INFER_COLUMNS),
+    "scaling": ("Scaling: fixed batch per device", SCALING_COLUMNS),
+}
+
+
 def to_markdown(results: dict, title: str = "flaxdistil benchmark") -> str:
-    m, a = results["machine"], results["args"]
-    load = lambda key: ", ".join(f"{x:.1f}" for x in m.get(key, ()))
+    m = results["machine"]
     lines = [
         f"# {title}",
         "",
         f"Machine: {m['nproc']} CPU cores ({m['cpu']}), {m['memory_gb']} GB; backend "
-        f"**{m['backend']}** ({', '.join(sorted(set(m['devices'])))}); {m['date_utc']}; load "
-        f"average (1, 5, 15 min) at start {load('load_average_start')}, at end "
-        f"{load('load_average_end')}.",
+        f"**{m['backend']}** ({', '.join(sorted(set(m['devices'])))}).",
         f"Versions: jax {m['jax']}, flax {m['flax']}, optax {m['optax']}, torch "
         f"{m.get('torch', '-')}, transformers {m.get('transformers', '-')}, python "
         f"{m['python']}; torch's default CPU threads {m.get('torch_threads', '-')}; XLA_FLAGS "
         f"'{m['xla_flags']}'.",
-        "",
-        f"Command: `{a['command']}`",
         "",
         "Times are medians over interleaved repeats (min-max in brackets). Memory: peak device "
         "memory, or on CPU the process's peak RSS while the case was built and warmed up (* where "
         "it could not be reset per case: the peak so far). MFU counts model FLOPs "
         "(bench.step_flops).",
     ]
-    if results.get("train"):
-        lines += [
-            "",
-            f"## Distillation step (teacher {a['teacher']} -> student {a['student_layers']} "
-            f"layers, batch {a['batch']})",
-            "",
-            *_table(results["train"], TRAIN_COLUMNS),
-        ]
-        checks, seen = [], set()
-        for r in results["train"]:
-            heads = "gather" if r["variant"].startswith("gather") else "base"
-            if "flops_check" in r and (r["seq"], r["dtype"], heads) not in seen:
-                seen.add((r["seq"], r["dtype"], heads))
-                checks.append({**r["flops_check"], **r, "heads": heads})
-        if checks:
+    for key, (title_, columns) in SECTIONS.items():
+        for run in (r for r in results.get("runs", []) if r["section"] == key):
+            rows = [r for r in results.get(key, []) if r.get("setup") == run["setup"]]
+            load = " -> ".join(", ".join(f"{x:.1f}" for x in la) for la in run["load_average"])
+            lines += ["", f"## {title_} ({run['setup']})", ""]
             lines += [
+                f"`{run['command']}`",
                 "",
-                "FLOP count check: the analytic formula against XLA's cost analysis of the "
-                "same step with 1-layer teacher and student (XLA counts a scanned loop body "
-                "once, so the full step cannot be compared directly; XLA also counts "
-                "elementwise work):",
+                f"{run['date_utc']}; load average (1, 5, 15 min) {load}.",
                 "",
-                *_table(checks, CHECK_COLUMNS),
+                *_table(rows, columns),
             ]
-    if results.get("inference"):
-        lines += ["", "## Inference (sequence classifier forward)", ""]
-        lines += _table(results["inference"], INFER_COLUMNS)
-    if results.get("scaling"):
-        lines += ["", "## Scaling (fixed batch per device)", ""]
-        lines += _table(results["scaling"], SCALING_COLUMNS)
-        if results.get("scaling_note"):
-            lines += ["", results["scaling_note"]]
+            notes = sorted({r["note"] for r in rows if r.get("note")})
+            lines += ["", *notes] if notes else []
+            if key == "train":
+                lines += _flops_checks(rows)
     lines += ["", "## Targets (issue 5)", ""]
-    target_cols = [("target", "target"), ("value", lambda t: _f(t["value"], ".3f")),
-                   ("status", "status")]  # fmt: skip
+    target_cols = [
+        ("target", "target"),
+        ("value", lambda t: _f(t["value"], ".3f")),
+        ("status", "status"),
+    ]
     lines += _table(targets(results), target_cols)
     return "\n".join(lines) + "\n"
+
+
+def _flops_checks(rows: list[dict]) -> list[str]:
+    checks, seen = [], set()
+    for r in rows:
+        heads = "gather" if r["variant"].startswith("gather") else "base"
+        if "flops_check" in r and (r["seq"], r["dtype"], heads) not in seen:
+            seen.add((r["seq"], r["dtype"], heads))
+            checks.append({**r["flops_check"], **r, "heads": heads})
+    if not checks:
+        return []
+    return [
+        "",
+        "FLOP count check: the analytic formula against XLA's cost analysis of the same step with "
+        "1-layer teacher and student (XLA counts a scanned loop body once, so the full step cannot "
+        "be compared directly; XLA also counts elementwise work):",
+        "",
+        *_table(checks, CHECK_COLUMNS),
+    ]

@@ -15,6 +15,7 @@ import dataclasses
 import functools
 import json
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -375,8 +376,16 @@ class _Loop:
         self.forward = make_forward(Model(job.config, job.head))
         self.pad = job.tokenizer.pad_token_id
         self.early = EarlyStopping(t.metric, t.mode, t.patience, t.min_delta)
-        self.best = Checkpointer(workdir / "best", every=0, keep=1)
         self.last = Checkpointer(workdir / "checkpoints", every=0, keep=1) if t.resumable else None
+        if self.last is None or self.last.latest_step() is None:
+            # A fresh run: leftovers of an earlier one would pass for this run's best and logs.
+            for stale in ("best", "tb", "progress.csv", "train.csv"):
+                path = workdir / stale
+                if path.is_dir():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink(missing_ok=True)
+        self.best = Checkpointer(workdir / "best", every=0, keep=1)
         self.progress_log = MetricsLogger(workdir, "progress")
         self.train_log = MetricsLogger(workdir, "train")
         self.window: list[float] = []  # train losses since the last eval
@@ -384,14 +393,14 @@ class _Loop:
 
     def run(self, state, t_params, step_fn):
         t, spe = self.t, self.steps_per_epoch
-        start = self._maybe_resume(state)
-        if start:
-            state = self.restored
+        state, start = self._maybe_resume(state)
         self.step = start
         self.t0 = time.perf_counter() - self.elapsed0
         self.bar = Progress(self.total, start, t.desc or ("distil" if t_params else "finetune"))
         encoded, rng, pending = self.job.data.splits["train"], jax.random.key(t.seed), None
         try:
+            if self.early.should_stop:  # resumed a run that had already stopped early
+                return state
             for epoch in range(start // spe, t.epochs if not t.max_steps else 1 << 30):
                 plan = epoch_plan(encoded.lengths, t.batch_size, t.seed, epoch, t.group_by_length)
                 for b, idx in enumerate(plan):
@@ -422,17 +431,18 @@ class _Loop:
             for log in (self.progress_log, self.train_log):
                 log.close()
 
-    def _maybe_resume(self, state) -> int:
+    def _maybe_resume(self, state):
+        """(state, step): the last saved state and its step, or the given state and 0."""
         if self.last is None or self.last.latest_step() is None:
-            return 0
-        self.restored, pos = self.last.restore(state)
-        step = int(self.restored.step)
+            return state, 0
+        state, pos = self.last.restore(state)
+        step = int(state.step)
         self.early.load_state_dict(pos["early"])
         self.elapsed0 = pos["elapsed"]
         for log in (self.progress_log, self.train_log):
             log.truncate_after(step)
         print(f"resumed from step {step}", flush=True)
-        return step
+        return state, step
 
     def _flush(self, item) -> None:
         if item is None:

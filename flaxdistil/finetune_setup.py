@@ -182,8 +182,6 @@ KNOWN_MODELS = {"all-MiniLM-L6-v2": "minilm_dir"}  # offline assets by name (fla
 
 def resolve_model(path: str) -> Path:
     if path in KNOWN_MODELS:
-        from flaxdistil import assets
-
         return getattr(assets, KNOWN_MODELS[path])()
     return hf.resolve(path)
 
@@ -203,8 +201,11 @@ def head_fields(data: TaskData) -> dict:
 def load_model(path: str, data: TaskData, rng, *, fine_tuned: bool = False) -> hf.Pretrained:
     """A HF checkpoint with the task's head; ``fine_tuned`` demands the head be in the file."""
     fields = head_fields(data)
+    id2label = fields.pop("id2label", None)  # load_pretrained resets it when num_labels is given
     head = HEADS[data.spec.task_type]
     pre = hf.load_pretrained(resolve_model(path), head, rng=rng, **fields)
+    if id2label is not None:
+        pre.config = pre.config.replace(id2label=id2label)
     if fine_tuned and pre.report.new_init:
         raise ValueError(
             f"teacher {path} has no trained {head} head ({', '.join(pre.report.new_init)} would "

@@ -5,9 +5,10 @@
         --sections train --name bench_cpu        # reduced sizes on a CPU
     python scripts/bench.py --quick              # a tiny smoke run (CI)
 
-Writes <out>/<name>.json and .md (name defaults to bench_<backend>) and prints the tables. On an
-accelerator, set XLA_PYTHON_CLIENT_PREALLOCATE=false (done here) so that torch has memory too.
-Hand-written notes after the NOTES_MARKER line of an existing .md are kept.
+Writes <out>/<name>.json and .md (name defaults to bench_<backend>) and prints the tables; with
+--merge, rows of other sections or sizes already in the .json are kept (one report for runs at
+different sizes). Hand-written notes after the NOTES_MARKER line of an existing .md are kept.
+XLA_PYTHON_CLIENT_PREALLOCATE=false is set so that torch has GPU memory too.
 """
 
 import argparse
@@ -16,9 +17,11 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 NOTES_MARKER = "<!-- notes: kept when the tables above are regenerated -->"
+SECTION_KEYS = {"infer": "inference", "train": "train", "scaling": "scaling"}
 QUICK = dict(
     hidden=32,
     layers=2,
@@ -79,6 +82,12 @@ def parse(argv=None) -> argparse.Namespace:
     add("--quick", action="store_true", help="tiny sizes: a smoke run")
     add("--out", default="reports")
     add("--name", default="", help="output file stem (default bench_<backend>)")
+    add(
+        "--merge",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="keep the other sections of an existing <out>/<name>.json (runs at other sizes)",
+    )
     args = p.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.quick:
@@ -94,7 +103,6 @@ def main(argv=None) -> dict:
         flag = f"--xla_force_host_platform_device_count={args.fake_devices}"
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip()
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-    import jax
 
     from flaxdistil import bench, bench_report, bench_suite
     from flaxdistil.models import ModelConfig
@@ -109,12 +117,9 @@ def main(argv=None) -> dict:
     )
     variants = [bench.Variant.parse(v) for v in args.variants]
     torch_modes = (["eager"] + ["compile"] * args.torch_compile) if args.torch else []
-    command = " ".join(["python scripts/bench.py", *args.argv])
-    results = {"machine": bench.machine_info(), "args": vars(args) | {"command": command}}
-    results["args"]["teacher"] = f"{args.layers}x{args.hidden} vocab {args.vocab}"
     common = dict(student_layers=args.student_layers)
-    if "infer" in args.sections:
-        results["inference"] = bench_suite.infer_section(
+    sections = {
+        "infer": lambda: bench_suite.infer_section(
             cfg,
             **common,
             latency_tokens=args.latency_tokens,
@@ -126,9 +131,8 @@ def main(argv=None) -> dict:
             fused=args.infer_fused,
             with_torch=args.torch,
             torch_threads=args.torch_threads,
-        )
-    if "train" in args.sections:
-        results["train"] = bench_suite.train_section(
+        ),
+        "train": lambda: bench_suite.train_section(
             cfg,
             **common,
             seqs=args.seq,
@@ -140,39 +144,66 @@ def main(argv=None) -> dict:
             torch_threads=args.torch_threads,
             peak_tflops=args.peak_tflops,
             check_flops=args.check_flops,
+        ),
+        "scaling": lambda: _scaling(args, cfg, variants[-1]),
+    }
+    setup = (
+        f"teacher {args.layers}x{args.hidden} -> student {args.student_layers}L, vocab {args.vocab}"
+    )
+    results = {"machine": bench.machine_info(), "runs": []}
+    for name in args.sections:
+        if name not in sections:
+            raise ValueError(f"unknown section {name!r}: expected one of {list(sections)}")
+        start = os.getloadavg()
+        key = SECTION_KEYS[name]
+        results[key] = [row | {"setup": setup} for row in sections[name]()]
+        results["runs"].append(
+            {
+                "section": key,
+                "setup": setup,
+                "command": " ".join(["python scripts/bench.py", *args.argv]),
+                "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                "load_average": [start, os.getloadavg()],
+            }
         )
-    if "scaling" in args.sections:
-        counts = args.scaling_devices or list(range(1, jax.device_count() + 1))
-        if jax.device_count() < max(counts):
-            results |= _scaling_subprocess(args, max(counts))
-        else:
-            results["scaling"] = bench_suite.scaling_section(
-                cfg,
-                **common,
-                seq=args.seq[0],
-                per_device_batch=max(args.batch // max(counts), 1),
-                dtype=args.dtypes[0],
-                variant=variants[-1],
-                steps=args.steps,
-                device_counts=counts,
-            )
-            if jax.default_backend() == "cpu":
-                results["scaling_note"] = (
-                    "On fake CPU devices (XLA_FLAGS=--xla_force_host_platform_device_count) the "
-                    "devices share the same cores: this only checks that data parallelism runs."
-                )
-    results["machine"]["load_average_end"] = os.getloadavg()
+    js = _paths(args, results)[0]
+    if args.merge and js.exists():
+        results = bench_report.merge(json.loads(js.read_text()), results)
     results["targets"] = bench_report.targets(results)
     _write(args, results, bench_report.to_markdown(results))
     return results
 
 
-def _scaling_subprocess(args, n: int) -> dict:
+def _scaling(args, cfg, variant) -> list[dict]:
+    import jax
+
+    from flaxdistil import bench_suite
+
+    counts = args.scaling_devices or list(range(1, jax.device_count() + 1))
+    if jax.device_count() < max(counts):
+        return _scaling_subprocess(args, max(counts))
+    rows = bench_suite.scaling_section(
+        cfg,
+        student_layers=args.student_layers,
+        seq=args.seq[0],
+        per_device_batch=max(args.batch // max(counts), 1),
+        dtype=args.dtypes[0],
+        variant=variant,
+        steps=args.steps,
+        device_counts=counts,
+    )
+    if jax.default_backend() == "cpu":
+        for row in rows:
+            row["note"] = "fake CPU devices share the same cores: this only checks that it runs"
+    return rows
+
+
+def _scaling_subprocess(args, n: int) -> list[dict]:
     """Scaling on CPU needs fake devices, which must be set before jax starts: run it apart."""
     import jax
 
     if jax.default_backend() != "cpu":
-        return {"scaling": [{"devices": n, "error": f"only {jax.device_count()} devices"}]}
+        return [{"devices": n, "error": f"only {jax.device_count()} devices"}]
     with tempfile.TemporaryDirectory() as tmp:
         own = _argv_without(args.argv, "--sections", "--out", "--name", "--fake-devices")
         cmd = [
@@ -181,6 +212,7 @@ def _scaling_subprocess(args, n: int) -> dict:
             *own,
             "--sections",
             "scaling",
+            "--no-merge",
             "--fake-devices",
             str(n),
             "--out",
@@ -189,8 +221,7 @@ def _scaling_subprocess(args, n: int) -> dict:
             "s",
         ]
         subprocess.run(cmd, check=True, stdout=sys.stderr)
-        child = json.loads(Path(tmp, "s.json").read_text())
-    return {k: child[k] for k in ("scaling", "scaling_note") if k in child}
+        return json.loads(Path(tmp, "s.json").read_text())["scaling"]
 
 
 def _argv_without(argv: list[str], *flags) -> list[str]:
@@ -205,16 +236,19 @@ def _argv_without(argv: list[str], *flags) -> list[str]:
     return out
 
 
+def _paths(args, results: dict) -> tuple[Path, Path]:
+    stem = Path(args.out) / (args.name or f"bench_{results['machine']['backend']}")
+    return stem.with_suffix(".json"), stem.with_suffix(".md")
+
+
 def _write(args, results: dict, markdown: str) -> None:
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = args.name or f"bench_{results['machine']['backend']}"
-    (out / f"{stem}.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
-    md = out / f"{stem}.md"
+    js, md = _paths(args, results)
+    js.parent.mkdir(parents=True, exist_ok=True)
+    js.write_text(json.dumps(results, indent=2, default=str) + "\n")
     notes = md.read_text().partition(NOTES_MARKER)[2] if md.exists() else ""
     md.write_text(markdown + ("\n" + NOTES_MARKER + notes if notes else ""))
     print(markdown)
-    print(f"wrote {out / stem}.json and .md", flush=True)
+    print(f"wrote {js} and {md}", flush=True)
 
 
 if __name__ == "__main__":

@@ -310,6 +310,8 @@ def test_progress_csv_best_checkpoint_and_export(tiny_run):
     assert [p.name for p in (work / "best").iterdir() if p.name.isdigit()] == [str(best)]
     # The export is the best model: reloaded, it scores the best eval again.
     pre = hf.load_pretrained(work / "best_hf", "seq_cls")
+    assert pre.config.id2label == ((0, "neg"), (1, "pos"))  # the dataset's label names
+    assert pre.config.problem_type == "single_label_classification"
     job = finetune.setup(cfg)
     fwd = finetune.make_forward(Model(pre.config, "seq_cls"))
     again = finetune.evaluate(fwd, pre.params, job.data, "validation", batch_size=16)
@@ -351,3 +353,22 @@ def test_compare_models_writes_csv_and_pngs(tiny_dir, tmp_path):
         assert (tmp_path / "cmp" / png).read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="name=path"):
         compare.parse_models("just-a-path")
+
+
+def test_resume_continues_from_the_last_eval(tiny_dir, tmp_path):
+    cfg = _tiny_cfg(tiny_dir, tmp_path, max_steps=4, resumable=True)
+    cfg.export.hf = False
+    first = finetune.run_finetune(cfg, tmp_path / "job")
+    cfg.train.max_steps = 6  # a longer run in the same workdir picks up at step 4
+    second = finetune.run_finetune(cfg, tmp_path / "job")
+    with (tmp_path / "job" / "progress.csv").open() as f:
+        steps = [int(r["step"]) for r in csv.DictReader(f)]
+    assert (first["steps_run"], second["steps_run"], steps) == (4, 6, [2, 4, 6])
+    # Not resumable, same workdir: a fresh start, with none of the old run's logs or best.
+    fresh = _tiny_cfg(tiny_dir, tmp_path, max_steps=2)
+    fresh.export.hf = False
+    res = finetune.run_finetune(fresh, tmp_path / "job")
+    with (tmp_path / "job" / "progress.csv").open() as f:
+        assert [int(r["step"]) for r in csv.DictReader(f)] == [2]
+    assert res["best_step"] == 2
+    assert [p.name for p in (tmp_path / "job" / "best").iterdir() if p.name.isdigit()] == ["2"]

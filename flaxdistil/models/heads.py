@@ -35,6 +35,35 @@ def token_head_dropout(cfg: ModelConfig, head: str) -> float:
     return cfg.classifier_dropout
 
 
+def _vocab_logits(y_NxD, embeddings_VxD, bias_V):
+    return jnp.einsum("...d,vd->...v", y_NxD, embeddings_VxD) + bias_V
+
+
+@jax.custom_vjp
+def vocab_logits(y_NxD, embeddings_VxD, bias_V):
+    """y @ embeddings^T + bias, whose backward gets the weight and the bias gradients from one
+    matmul against [y, 1]. AD would sum the [N, V] gradient over N for the bias, which XLA:CPU
+    does ~20x slower than a matmul (286 vs 12 ms at N=1024, V=30522); the distillation step
+    gets 13% faster on CPU with the masked-token heads (bench.py)."""
+    return _vocab_logits(y_NxD, embeddings_VxD, bias_V)
+
+
+def _vocab_logits_fwd(y_NxD, embeddings_VxD, bias_V):
+    return _vocab_logits(y_NxD, embeddings_VxD, bias_V), (y_NxD, embeddings_VxD)
+
+
+def _vocab_logits_bwd(res, g_NxV):
+    y_NxD, embeddings_VxD = res
+    g_y = jnp.einsum("...v,vd->...d", g_NxV, embeddings_VxD)
+    y1_NxE = jnp.concatenate([y_NxD, jnp.ones_like(y_NxD[..., :1])], -1)
+    # [E, V] rather than [V, E]: g keeps its row-major layout (a [V, N] copy of it was slower).
+    g_ExV = jnp.einsum("...e,...v->ev", y1_NxE, g_NxV)
+    return g_y, g_ExV[:-1].T, g_ExV[-1]
+
+
+vocab_logits.defvjp(_vocab_logits_fwd, _vocab_logits_bwd)
+
+
 class MLMHead(nn.Module):
     config: ModelConfig
     dtype: jnp.dtype = jnp.float32
@@ -45,8 +74,7 @@ class MLMHead(nn.Module):
         y = dense(cfg, cfg.hidden_size, "transform", self.dtype)(h_BxPxD)
         y = layer_norm(cfg, "norm", self.dtype)(activation(cfg.hidden_act)(y))
         bias = self.param("bias", nn.initializers.zeros, (cfg.vocab_size,))
-        logits = jnp.einsum("...d,vd->...v", y, word_embeddings_VxD.astype(self.dtype))
-        return logits + bias.astype(self.dtype)
+        return vocab_logits(y, word_embeddings_VxD.astype(self.dtype), bias.astype(self.dtype))
 
 
 class ClassificationHead(nn.Module):

@@ -1,0 +1,175 @@
+"""A tiny smoke run of scripts/bench.py and checks of its FLOP count, peaks and targets.
+
+Benchmarks are not timed tests: nothing here asserts a speed. The options the benchmark measures
+(gathered heads, unrolled layers, the decoder's custom gradient) are tested in test_fast_paths.py.
+"""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flaxdistil import bench, bench_report, train
+from flaxdistil.models import ModelConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("bench_script", ROOT / "scripts" / "bench.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_script_smoke(tmp_path):
+    pytest.importorskip("torch")
+    # scaling is left out: one more compile of the step for a table that says "it runs"
+    argv = [
+        "--quick",
+        "--sections",
+        "train,infer",
+        "--variants",
+        "gather",
+        "--steps",
+        "1",
+        "--latency-repeats",
+        "1",
+        "--torch-threads",
+        "1",
+        "--no-check-flops",
+        "--out",
+        str(tmp_path),
+        "--name",
+        "smoke",
+    ]
+    results = _script().main(argv)
+    saved = json.loads((tmp_path / "smoke.json").read_text())
+    assert saved["machine"]["nproc"] >= 1 and "--quick" in saved["runs"]["train"]["command"]
+    train_rows = {(r["impl"], r["variant"]): r for r in results["train"]}
+    assert set(train_rows) == {("flaxdistil", "gather"), ("torch eager", "gather")}
+    for key, row in train_rows.items():
+        assert "error" not in row, (key, row.get("error"))
+        assert row["tokens_per_s"] > 0 and np.isfinite(row["loss"])
+        assert "mfu" in row  # None where the peak is unknown (CPU)
+    # like with like: the gathered step against the gathered torch step
+    assert train_rows["flaxdistil", "gather"]["vs_torch_eager"] == pytest.approx(
+        train_rows["flaxdistil", "gather"]["tokens_per_s"]
+        / train_rows["torch eager", "gather"]["tokens_per_s"]
+    )
+    assert {(r["model"], r["variant"]) for r in results["inference"] if "ms" in r} >= {
+        ("teacher 2L", "scan"),
+        ("teacher 2L", "unrolled"),
+        ("student 1L", "1 thr"),
+    }
+    md = (tmp_path / "smoke.md").read_text()
+    assert "## Distillation step" in md and "## Inference" in md and "not measured" in md
+
+
+def test_step_flops_match_a_hand_count():
+    t = ModelConfig(
+        vocab_size=10,
+        hidden_size=4,
+        num_hidden_layers=2,
+        num_attention_heads=1,
+        intermediate_size=8,
+    )
+    s = t.replace(num_hidden_layers=1)
+    # per layer and token: 2 * (4*16 + 2*4*8) matmul + 4*T*D attention; head: 2 * (16 + 40)
+    layer = lambda T: 2 * (4 * 16 + 2 * 4 * 8) + 4 * T * 4
+    want = 6 * (2 * layer(3)) + 5 * 2 * (16 + 40) + 3 * (6 * layer(3) + 5 * 2 * (16 + 40))
+    assert bench.step_flops(t, s, batch=2, seq=3, rows=5) == want
+
+
+def test_peaks_and_variants():
+    assert bench.peak_tflops("NVIDIA H100 80GB HBM3", "bfloat16") == 989
+    assert bench.peak_tflops("NVIDIA H100 PCIe", "bfloat16") == 756
+    assert bench.peak_tflops("NVIDIA H200", "float32") == 67
+    assert bench.peak_tflops("cpu", "bfloat16") is None
+    assert bench.peak_tflops("cpu", "bfloat16", override=2.5) == 2.5
+    v = bench.Variant.parse("gather+fused+remat=dots+teacher=bfloat16")
+    assert (v.gather, v.fused, v.remat, v.teacher) == (True, True, "dots", "bfloat16")
+    assert bench.Variant.parse(v.name) == v and bench.Variant.parse("base") == bench.Variant()
+    with pytest.raises(ValueError, match="unknown variant part 'fast'"):
+        bench.Variant.parse("gather+fast")
+
+
+def test_targets_need_a_gpu_for_the_gpu_targets():
+    results = {"machine": {"backend": "cpu"}, "train": [], "inference": []}
+    statuses = {t["target"]: t["status"] for t in bench_report.targets(results)}
+    assert all(s.startswith("not measured") for s in statuses.values())
+
+
+def test_masked_capacity():
+    for n, p in ((1024, 0.15), (65536, 0.15), (16, 0.15), (100, 0.5)):
+        cap = train.masked_capacity(n, p)
+        assert cap <= n and (cap % 8 == 0 or cap == n)
+        assert cap == n or cap >= p * n + 6 * np.sqrt(n * p * (1 - p))
+
+
+def test_merge_replaces_only_the_same_section_and_sizes():
+    run = lambda section, setup: {"section": section, "setup": setup}
+    old = {
+        "runs": [run("train", "a"), run("train", "b"), run("inference", "a")],
+        "train": [{"setup": "a", "x": 0}, {"setup": "b", "x": 0}],
+        "inference": [{"setup": "a", "x": 0}],
+    }
+    new = {"machine": {}, "runs": [run("train", "a")], "train": [{"setup": "a", "x": 1}]}
+    out = bench_report.merge(old, new)
+    assert [(r["section"], r["setup"]) for r in out["runs"]] == [
+        ("train", "b"),
+        ("inference", "a"),
+        ("train", "a"),
+    ]
+    assert out["train"] == [{"setup": "b", "x": 0}, {"setup": "a", "x": 1}]
+    assert out["inference"] == old["inference"]
+
+
+@pytest.mark.parametrize("gather", [False, True])
+def test_torch_reference_computes_flaxdistils_loss(gather):
+    """The PyTorch step's loss equals losses.distil_loss on the same weights and masks (student in
+    eval mode: dropout draws differ), so the two frameworks time the same work."""
+    torch = pytest.importorskip("torch")
+    from flaxdistil import bench_torch, hf, losses
+    from flaxdistil.models import Model
+
+    cfg = ModelConfig(
+        vocab_size=160,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=48,
+        max_position_embeddings=32,
+    )
+    s_cfg = cfg.replace(num_hidden_layers=1)
+    torch.manual_seed(0)
+    t_torch, s_torch = (
+        bench_torch.transformers.BertForMaskedLM(bench_torch.bert_config(c)).eval()
+        for c in (cfg, s_cfg)
+    )
+    batch = bench.random_batch(3, 12, cfg.vocab_size)
+    batch["attention_mask"][2, 7:] = 0
+    ids, mask = (torch.from_numpy(batch[k]).long() for k in ("input_ids", "attention_mask"))
+    masked, labels = bench_torch.mask_tokens(ids, mask, cfg.vocab_size, p=0.4)
+    want = bench_torch.distil_loss(t_torch, s_torch, masked, labels, mask, gather)
+
+    def flax_out(model, c):
+        sd = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+        params = hf.convert_from_hf(sd, c, "mlm")[0]
+        logits, aux = Model(c).apply({"params": params}, masked.numpy(), mask.numpy())
+        return {"logits": logits, "hidden": aux["last_hidden_state"]}
+
+    total, _ = losses.distil_loss(
+        flax_out(s_torch, s_cfg),
+        flax_out(t_torch, cfg),
+        {"attention_mask": mask.numpy(), "labels": labels.numpy()},
+        temperature=2.0,
+        alpha_ce=5.0,
+        alpha_mlm=2.0,
+        alpha_cos=1.0,
+        restrict_ce_to_mask=gather,
+    )
+    assert int((labels != -100).sum()) > 0
+    np.testing.assert_allclose(float(total), float(want.detach()), rtol=2e-5)

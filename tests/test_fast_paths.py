@@ -1,0 +1,78 @@
+"""Speed options of the step and the models give the results of the plain paths: the gathered
+MLM heads (DistillSpec.gather_masked) == the restricted full step, unrolled layers
+(scan_layers=False) == scanned, the decoder's custom gradient == AD's. See scripts/bench.py for
+what each buys."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from flaxdistil import bench, train
+from flaxdistil.models import Model, ModelConfig, init_params, unstack_layers
+from flaxdistil.models import heads as heads_lib
+
+TINY = ModelConfig(
+    vocab_size=160,  # above BERT's special ids (<= 103), as bench.random_batch needs
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=48,
+    max_position_embeddings=32,
+)
+
+
+def test_gathered_heads_equal_the_restricted_step():
+    """gather_masked=True changes the work, not the result, of restrict_ce_to_mask=True."""
+    t_params, s_params, s_cfg = bench.teacher_student(TINY, 1, "mlm")
+    batch = bench.random_batch(4, 16, TINY.vocab_size)
+    batch["attention_mask"][1, 10:] = 0
+    tx = train.make_optimizer(learning_rate=1e-3, total_steps=10)
+    out = {}
+    for gather in (False, True):
+        spec = train.DistillSpec(restrict_ce_to_mask=True, gather_masked=gather, vocab_size=160)
+        step = functools.partial(
+            train.distill_step, student=Model(s_cfg), teacher=Model(TINY), spec=spec, tx=tx
+        )
+        out[gather] = jax.jit(step)(
+            train.create_state(s_params, tx), t_params, batch, jax.random.key(3), None
+        )
+    (s0, m0), (s1, m1) = out[False], out[True]
+    assert float(m1["masked_dropped"]) == 0 and float(m0["masked_tokens"]) > 0
+    for k in m0:
+        np.testing.assert_allclose(m1[k], m0[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), s0.params, s1.params)
+    with pytest.raises(ValueError, match="restrict_ce_to_mask=True"):
+        train.DistillSpec(gather_masked=True)
+
+
+def test_unrolled_layers_equal_scanned():
+    params = init_params(TINY, "seq_cls", jax.random.key(0))
+    ids = np.arange(2 * 9).reshape(2, 9) % 150 + 5
+    mask = np.ones_like(ids)
+    mask[1, 6:] = 0
+    kw = dict(output_hidden_states=True, output_attentions=True)
+    scanned = jax.jit(lambda p: Model(TINY, "seq_cls").apply({"params": p}, ids, mask, **kw))(
+        params
+    )
+    flat = unstack_layers(params)
+    fresh = Model(TINY, "seq_cls", scan_layers=False).init(jax.random.key(0), ids)["params"]
+    assert jax.tree.structure(fresh) == jax.tree.structure(flat)
+    unrolled_model = Model(TINY, "seq_cls", scan_layers=False)
+    unrolled = jax.jit(lambda p: unrolled_model.apply({"params": p}, ids, mask, **kw))(flat)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), scanned, unrolled)
+
+
+def test_vocab_logits_gradient_equals_autodiff():
+    y, w, b = (
+        jax.random.normal(jax.random.key(i), s) for i, s in enumerate([(2, 3, 8), (11, 8), (11,)])
+    )
+    cot = jax.random.normal(jax.random.key(9), (2, 3, 11))
+    loss = lambda f: lambda *a: jnp.sum(f(*a) * cot)
+    want = jax.grad(loss(heads_lib._vocab_logits), argnums=(0, 1, 2))(y, w, b)
+    got = jax.jit(jax.grad(loss(heads_lib.vocab_logits), argnums=(0, 1, 2)))(y, w, b)
+    np.testing.assert_allclose(heads_lib.vocab_logits(y, w, b), heads_lib._vocab_logits(y, w, b))
+    for g, r in zip(got, want):
+        np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5)
