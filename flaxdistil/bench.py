@@ -133,17 +133,24 @@ def summarise(seconds: list[float]) -> dict:
     }
 
 
-def reset_peak_rss() -> bool:
-    """Reset the kernel's resident-set high-water mark (Linux), so the next read is per case."""
+def start_memory() -> dict:
+    """Before a case is built: reset the kernel's resident-set high-water mark (Linux) and note
+    the resident set, so that the case's own peak can be told from what earlier cases hold."""
     try:
         Path("/proc/self/clear_refs").write_text("5")
-        return True
+        reset = True
     except OSError:
-        return False
+        reset = False
+    try:
+        rss = int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        rss = 0
+    return {"reset": reset, "rss_before": rss}
 
 
-def peak_memory(device=None, reset_ok: bool = False) -> dict:
-    """Peak device memory (accelerators) or the process's max RSS (CPU, via getrusage)."""
+def peak_memory(start: dict, device=None) -> dict:
+    """Peak device memory (accelerators; the allocator's peak so far), and the process's max RSS
+    (getrusage) with what it rose above the RSS before the case (where the mark could be reset)."""
     device = device or jax.devices()[0]
     out = {}
     if device.platform != "cpu":
@@ -151,7 +158,8 @@ def peak_memory(device=None, reset_ok: bool = False) -> dict:
         if "peak_bytes_in_use" in stats:
             out["device_peak_bytes"] = int(stats["peak_bytes_in_use"])
     out["max_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    out["rss_scope"] = "this case" if reset_ok else "process so far"
+    if start["reset"] and start["rss_before"]:
+        out["rss_added_bytes"] = out["max_rss_bytes"] - start["rss_before"]
     return out
 
 
@@ -190,13 +198,16 @@ class Variant:
 
     gather: MLM heads at the masked tokens only (DistillSpec.gather_masked, KL on masked tokens);
     fused: jax.nn.dot_product_attention (cuDNN on GPU); remat: a policy of encoder.REMAT_POLICIES;
-    teacher: the teacher's dtype (weights and compute) when it differs from the student's.
+    teacher: the teacher's dtype (weights and compute) when it differs from the student's;
+    rng: the PRNG implementation of the step's key (jax.random.key(..., impl=...)), e.g. 'rbg',
+    which draws the masks and dropout with XLA's RngBitGenerator instead of threefry.
     """
 
     gather: bool = False
     fused: bool = False
     remat: str | None = None
     teacher: str | None = None
+    rng: str | None = None
 
     @classmethod
     def parse(cls, text: str) -> Variant:
@@ -205,12 +216,13 @@ class Variant:
             key, _, value = part.partition("=")
             if key in ("gather", "fused") and not value:
                 kw[key] = True
-            elif key in ("remat", "teacher") and value:
+            elif key in ("remat", "teacher", "rng") and value:
                 kw[key] = value
             elif key != "base":
                 raise ValueError(
                     f"unknown variant part {part!r} in {text!r}: expected base, gather, fused, "
-                    "remat=<none|dots|dots_no_batch> or teacher=<dtype>, joined with '+'"
+                    "remat=<none|dots|dots_no_batch>, teacher=<dtype> or rng=<impl>, joined "
+                    "with '+'"
                 )
         return cls(**kw)
 
@@ -219,6 +231,7 @@ class Variant:
         parts = ["gather"] * self.gather + ["fused"] * self.fused
         parts += [f"remat={self.remat}"] * bool(self.remat)
         parts += [f"teacher={self.teacher}"] * bool(self.teacher)
+        parts += [f"rng={self.rng}"] * bool(self.rng)
         return "+".join(parts) or "base"
 
 
@@ -238,6 +251,7 @@ def jax_train_case(
     devices=None,
 ) -> Case:
     """The jitted general-distillation step (train.jit_distill_step) on ``devices``."""
+    memory = start_memory()
     mesh = sharding.make_mesh(devices=devices)
     t_dtype = jnp.dtype(variant.teacher or dtype)
     attention = "fused" if variant.fused else "einsum"
@@ -262,10 +276,9 @@ def jax_train_case(
     t_sh = sharding.tree_shardings(t_params, mesh)
     t_params = jax.device_put(jax.tree.map(lambda x: jnp.asarray(x, t_dtype), t_params), t_sh)
     batch = sharding.shard_batch(host_batch, mesh)
-    rng = jax.random.key(0)
+    rng = jax.random.key(0, impl=variant.rng)
     step = train.jit_distill_step(student, teacher, spec, tx, mesh, state_sh, t_sh)
 
-    reset_ok = reset_peak_rss()
     t0 = time.perf_counter()
     compiled = step.lower(state, t_params, batch, rng, None).compile()
     compile_s = time.perf_counter() - t0
@@ -287,7 +300,7 @@ def jax_train_case(
         "flops": step_flops(t_cfg, s_cfg, B, T, rows),
         "xla_flops": xla_flops(compiled),
         "xla_bytes": xla_memory(compiled),
-        "memory": peak_memory(mesh.devices.flat[0], reset_ok),
+        "memory": peak_memory(memory, mesh.devices.flat[0]),
         "loss": metrics["loss"],
         "devices": int(mesh.devices.size),
     }
@@ -321,6 +334,7 @@ def jax_infer_case(
 ) -> Case:
     """A jitted sequence-classifier forward; inputs come from the host at each call.
     scan_layers=False runs the layers unrolled on per-layer params (models.unstack_layers)."""
+    memory = start_memory()
     attention = "fused" if fused else "einsum"
     model = Model(
         cfg, "seq_cls", jnp.dtype(dtype), attention_impl=attention, scan_layers=scan_layers
@@ -329,7 +343,6 @@ def jax_infer_case(
     params = jax.device_put(jax.tree.map(lambda x: jnp.asarray(x, dtype), params))
     fn = jax.jit(lambda p, ids, mask: model.apply({"params": p}, ids, mask)[0])
     ids, mask = host_batch["input_ids"], host_batch["attention_mask"]
-    reset_ok = reset_peak_rss()
     t0 = time.perf_counter()
     compiled = fn.lower(params, ids, mask).compile()
     compile_s = time.perf_counter() - t0
@@ -340,7 +353,7 @@ def jax_infer_case(
     return run, {
         "compile_s": compile_s,
         "flops": classifier_flops(cfg, B, T),
-        "memory": peak_memory(reset_ok=reset_ok),
+        "memory": peak_memory(memory),
     }
 
 

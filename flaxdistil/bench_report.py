@@ -60,10 +60,9 @@ def _mem(row):
     m = row.get("memory") or {}
     if "device_peak_bytes" in m:
         return f"{m['device_peak_bytes'] / 2**20:,.0f} MiB (device)"
-    if "max_rss_bytes" in m:
-        star = "" if m.get("rss_scope") == "this case" else "*"
-        return f"{m['max_rss_bytes'] / 2**20:,.0f} MiB RSS{star}"
-    return ""
+    if "rss_added_bytes" in m:
+        return f"+{m['rss_added_bytes'] / 2**20:,.0f} (RSS {m['max_rss_bytes'] / 2**20:,.0f})"
+    return f"RSS {m['max_rss_bytes'] / 2**20:,.0f}*" if "max_rss_bytes" in m else ""
 
 
 def _spread(row):
@@ -173,9 +172,13 @@ def to_markdown(results: dict, title: str = "flaxdistil benchmark") -> str:
         f"{m['python']}; torch's default CPU threads {m.get('torch_threads', '-')}; XLA_FLAGS "
         f"'{m['xla_flags']}'.",
         "",
-        "Times are medians over interleaved repeats (min-max in brackets). Memory: peak device "
-        "memory, or on CPU the process's peak RSS while the case was built and warmed up (* where "
-        "it could not be reset per case: the peak so far). MFU counts model FLOPs "
+        "Times are medians over interleaved repeats (min-max in brackets); ratios are medians of "
+        "the per-round ratios of adjacent calls, against the fastest torch setting. Memory "
+        "(MiB): peak device memory; on CPU how far the process's resident set rose above its "
+        "size before the case was built, while it was built and warmed up (its params, "
+        "optimizer state, compiled step and temporaries; freed memory that the allocator reuses "
+        "is not counted again), and the process's peak RSS in brackets (* where the high-water "
+        "mark could not be reset: the process's peak so far). MFU counts model FLOPs "
         "(bench.step_flops).",
     ]
     for key, (title_, columns) in SECTIONS.items():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import itertools
+import statistics
 import traceback
 from collections.abc import Callable
 
@@ -40,6 +41,7 @@ def _time(built: list, repeats: int, settle: bool = False) -> list[dict]:
             seqs, tokens = row["batch"], row["batch"] * row["seq"]
             row |= {
                 "time": t,
+                "times_s": times[i],
                 "ms": 1e3 * t["median_s"],
                 "seqs_per_s": seqs / t["median_s"],
                 "tokens_per_s": tokens / t["median_s"],
@@ -49,6 +51,16 @@ def _time(built: list, repeats: int, settle: bool = False) -> list[dict]:
     built.clear()
     gc.collect()
     return rows
+
+
+def paired_ratio(row: dict, ref: dict) -> float:
+    """Median over the interleaved rounds of row's time / ref's time in the same round: adjacent
+    calls share the machine's load, so the ratio is steadier than a ratio of medians."""
+    return statistics.median(a / b for a, b in zip(row["times_s"], ref["times_s"]))
+
+
+def _fastest(rows: list[dict]) -> dict | None:
+    return min((r for r in rows if "times_s" in r), key=lambda r: r["ms"], default=None)
 
 
 def _mfu(rows: list[dict], peak_override: float | None) -> None:
@@ -116,21 +128,16 @@ def _threads_note(threads: int, all_threads) -> str:
 
 
 def _ratios(group: list[dict]) -> None:
-    """flaxdistil tokens/s over the fastest torch eager / compile row with the same loss."""
+    """flaxdistil's speed over the fastest torch eager / compile row with the same loss (paired)."""
     for row in group:
-        if row["impl"] != "flaxdistil" or "tokens_per_s" not in row:
+        if row["impl"] != "flaxdistil" or "times_s" not in row:
             continue
         gather = "gather" if row["variant"].startswith("gather") else "base"
         for mode in ("eager", "compile"):
-            refs = [
-                r["tokens_per_s"]
-                for r in group
-                if r["impl"].startswith(f"torch {mode}")
-                and r["variant"] == gather
-                and "tokens_per_s" in r
-            ]
-            if refs:
-                row[f"vs_torch_{mode}"] = row["tokens_per_s"] / max(refs)
+            same = [r for r in group if r["impl"].startswith(f"torch {mode}")]
+            ref = _fastest([r for r in same if r["variant"] == gather])
+            if ref:
+                row[f"vs_torch_{mode}"] = 1 / paired_ratio(row, ref)
 
 
 def infer_section(
@@ -184,14 +191,14 @@ def infer_section(
 
 
 def _infer_ratios(rows: list[dict]) -> None:
-    """student/teacher latency per (impl, variant); flaxdistil over the fastest torch row."""
+    """Time ratios (paired): student/teacher per (impl, variant); flaxdistil/fastest torch."""
     by = {(r["model"].split()[0], r["impl"], r["variant"]): r for r in rows}
     for (who, impl, variant), row in by.items():
         if who == "student" and ("teacher", impl, variant) in by:
-            row["vs_teacher"] = row["ms"] / by["teacher", impl, variant]["ms"]
-        torch_ms = [r["ms"] for (w, i, _), r in by.items() if w == who and i == "torch eager"]
-        if impl == "flaxdistil" and torch_ms:
-            row["vs_torch_eager"] = row["ms"] / min(torch_ms)
+            row["vs_teacher"] = paired_ratio(row, by["teacher", impl, variant])
+        ref = _fastest([r for (w, i, _), r in by.items() if w == who and i == "torch eager"])
+        if impl == "flaxdistil" and ref:
+            row["vs_torch_eager"] = paired_ratio(row, ref)
 
 
 def scaling_section(

@@ -26,7 +26,7 @@ from flaxdistil.bench import (
     Case,
     classifier_flops,
     peak_memory,
-    reset_peak_rss,
+    start_memory,
     step_flops,
 )
 from flaxdistil.models import ModelConfig
@@ -64,17 +64,17 @@ def _autocast(dtype: str):
     return torch.autocast(device().type, dtype=getattr(torch, dtype))
 
 
-def _reset_memory() -> bool:
+def _start_memory() -> dict:
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    return reset_peak_rss()
+    return start_memory()
 
 
-def _memory(reset_ok: bool) -> dict:
-    """Peak memory since _reset_memory: torch's allocator on GPU, the process's RSS on CPU."""
+def _memory(start: dict) -> dict:
+    """Peak memory of the case: torch's allocator on GPU, the process's RSS on CPU."""
     if torch.cuda.is_available():
         return {"device_peak_bytes": int(torch.cuda.max_memory_allocated())}
-    return peak_memory(reset_ok=reset_ok)
+    return peak_memory(start)
 
 
 def mask_tokens(ids_BxT, mask_BxT, vocab_size: int, p: float = 0.15):
@@ -140,6 +140,7 @@ def torch_train_case(
     seed: int = 0,
 ) -> Case:
     """One DistilBERT step (see the module docstring); threads > 0 sets torch's CPU threads."""
+    memory = _start_memory()
     torch.manual_seed(seed)
     dev = device()
     teacher = transformers.BertForMaskedLM(bert_config(t_cfg)).to(dev).eval()
@@ -164,7 +165,6 @@ def torch_train_case(
         _sync()
         return loss
 
-    reset_ok = _reset_memory()
     t0 = time.perf_counter()
     loss = run()
     first_s = time.perf_counter() - t0
@@ -177,7 +177,7 @@ def torch_train_case(
     return run, {
         "compile_s": first_s,  # the first step: torch.compile's compilation happens there
         "flops": step_flops(t_cfg, s_cfg, B, T, rows),
-        "memory": _memory(reset_ok),
+        "memory": _memory(memory),
         "loss": float(loss.detach()),
     }
 
@@ -186,6 +186,7 @@ def torch_infer_case(
     cfg: ModelConfig, host_batch: dict, dtype: str, threads: int = 0, seed: int = 0
 ) -> Case:
     """BertForSequenceClassification (eager) under torch.inference_mode."""
+    memory = _start_memory()
     torch.manual_seed(seed)
     dev = device()
     model = transformers.BertForSequenceClassification(bert_config(cfg, num_labels=1))
@@ -200,8 +201,7 @@ def torch_infer_case(
         _sync()
         return out
 
-    reset_ok = _reset_memory()
     for _ in range(3):
         run()
     B, T = ids.shape
-    return run, {"flops": classifier_flops(cfg, B, T), "memory": _memory(reset_ok)}
+    return run, {"flops": classifier_flops(cfg, B, T), "memory": _memory(memory)}

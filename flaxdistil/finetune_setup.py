@@ -61,11 +61,26 @@ def _builder_entry(name: str, task: str, info) -> CatalogEntry:
     return CatalogEntry(("text",), "label", TaskSpec(label_names=info.features["label"].names))
 
 
+class _Head:
+    """The first n records of a random-access source (reading the rest would be wasted)."""
+
+    def __init__(self, source, n: int):
+        self.source, self.n = source, min(n, len(source)) if n else len(source)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        return self.source[i]
+
+
 def _from_builder(d, name: str):
     out, reports, spec = {}, [], None
     for split in SPLITS:
         source = tfds_builders.load(name, split)
         entry = _builder_entry(name, d.task, source.info)
+        limit = d.max_train_examples if split == "train" else d.max_eval_examples
+        source = _Head(source, limit)
         examples, report = tasks.records_to_examples(source, entry, f"{name}[{split}]")
         out[split], spec = examples, entry.spec
         reports.append(report)

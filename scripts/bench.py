@@ -37,6 +37,7 @@ QUICK = dict(
     throughput_batch=4,
     throughput_seq=16,
     torch_compile=False,
+    scaling_devices=[1, 2],
 )
 
 
@@ -77,7 +78,13 @@ def parse(argv=None) -> argparse.Namespace:
     add("--throughput-seq", type=int, default=128)
     add("--infer-dtype", default="float32")
     add("--infer-fused", action="store_true", help="fused attention in the inference forward")
-    add("--scaling-devices", type=ints, default=[], help="device counts (default 1..all)")
+    add(
+        "--scaling-devices",
+        type=ints,
+        default=[],
+        help="device counts (default 1..all); scaling runs the first --seq and --dtypes and the "
+        "last --variants with --batch split over the most devices",
+    )
     add("--fake-devices", type=int, default=0, help="CPU only: fake this many host devices")
     add("--quick", action="store_true", help="tiny sizes: a smoke run")
     add("--out", default="reports")
@@ -86,14 +93,14 @@ def parse(argv=None) -> argparse.Namespace:
         "--merge",
         action=argparse.BooleanOptionalAction,
         default=False,
-        help="keep the other sections of an existing <out>/<name>.json (runs at other sizes)",
+        help="add to an existing <out>/<name>.json: replace only its rows of the same sections "
+        "and sizes (one report for sections run at different sizes)",
     )
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--quick" in argv:  # tiny defaults; flags given explicitly still win
+        p.set_defaults(**QUICK)
     args = p.parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)
-    if args.quick:
-        for k, v in QUICK.items():
-            setattr(args, k, v)
-        args.scaling_devices = args.scaling_devices or [1, 2]
+    args.argv = argv
     return args
 
 

@@ -47,7 +47,9 @@ def test_script_smoke(tmp_path):
     ]
     results = _script().main(argv)
     saved = json.loads((tmp_path / "smoke.json").read_text())
-    assert saved["machine"]["nproc"] >= 1 and "--quick" in saved["runs"]["train"]["command"]
+    assert saved["machine"]["nproc"] >= 1
+    assert [r["section"] for r in saved["runs"]] == ["train", "inference"]
+    assert all("--quick" in r["command"] for r in saved["runs"])
     train_rows = {(r["impl"], r["variant"]): r for r in results["train"]}
     assert set(train_rows) == {("flaxdistil", "gather"), ("torch eager", "gather")}
     for key, row in train_rows.items():
@@ -89,8 +91,8 @@ def test_peaks_and_variants():
     assert bench.peak_tflops("NVIDIA H200", "float32") == 67
     assert bench.peak_tflops("cpu", "bfloat16") is None
     assert bench.peak_tflops("cpu", "bfloat16", override=2.5) == 2.5
-    v = bench.Variant.parse("gather+fused+remat=dots+teacher=bfloat16")
-    assert (v.gather, v.fused, v.remat, v.teacher) == (True, True, "dots", "bfloat16")
+    v = bench.Variant.parse("gather+fused+remat=dots+teacher=bfloat16+rng=rbg")
+    assert (v.gather, v.fused, v.remat, v.teacher, v.rng) == (True, True, "dots", "bfloat16", "rbg")
     assert bench.Variant.parse(v.name) == v and bench.Variant.parse("base") == bench.Variant()
     with pytest.raises(ValueError, match="unknown variant part 'fast'"):
         bench.Variant.parse("gather+fast")
