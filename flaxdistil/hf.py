@@ -279,7 +279,8 @@ def load_pretrained(
     ckpt = resolve(path_or_hub_id)
     cfg = ModelConfig.from_hf(read_config(ckpt))
     if num_labels is not None:
-        config_overrides.update(num_labels=num_labels, id2label=None)
+        config_overrides.setdefault("id2label", None)  # a new head: old names don't fit
+        config_overrides["num_labels"] = num_labels
     cfg = cfg.replace(**config_overrides)
     sd, weights_file = read_state_dict(ckpt)
     params, new_init, unused = convert_from_hf(sd, cfg, head, rng)

@@ -11,6 +11,10 @@
    check it in transformers (PyTorch), measure CPU latency at batch 1 (jitted forward on one
    sentence, median of 50 runs), and print / write the table (<workdir>/results.{json,md}).
 Every phase shows a progress bar. --reuse skips phases whose results.json already exists.
+
+Expected (seed 4; measured on a shared 2-core CPU): movie_snippets in 14.9 min, test accuracy
+teacher 0.826, distilled 0.829, baseline 0.823; bbc_news in 30 min under load, teacher 0.964,
+distilled 0.959, baseline 0.946. The exported student matches transformers to ~4e-6.
 """
 
 import argparse

@@ -57,24 +57,33 @@ def _batch(task, B=4, T=12, seed=0):
     return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types, "labels": labels}
 
 
+def _random_params(cfg, head, seed, noise):
+    """Random weights without compiling an init: shapes from eval_shape, then normal(0.02)
+    kernels/embeddings, LayerNorm scales 1 and zero biases, each plus ``noise`` x N(0, 1) so that
+    every tensor matters and logits are O(1)."""
+    shapes = jax.eval_shape(
+        lambda: Model(cfg, head).init(jax.random.key(0), jnp.ones((1, 8), jnp.int32))["params"]
+    )
+    rng = np.random.RandomState(seed)
+
+    def init(path, x):
+        leaf = str(getattr(path[-1], "key", path[-1]))
+        base = {"scale": 1.0, "bias": 0.0}.get(leaf)
+        value = rng.standard_normal(x.shape) * (noise if base is not None else 0.02 + noise)
+        return (value + (base or 0.0)).astype(np.float32)
+
+    return jax.tree_util.tree_map_with_path(init, shapes)
+
+
 def _model(task, seed=0, noise=0.0, teacher_seed=None):
-    """Tiny model; ``noise`` perturbs every weight so that logits are O(1), not O(0.01). With
-    ``teacher_seed``, also a teacher: the same architecture with other noise (one compile)."""
+    """Tiny model; with ``teacher_seed`` also a teacher of the same architecture (one compile)."""
     head, fields = TASK_SETUP[task]
     cfg = CFG.replace(**fields)
-    base = init_student(cfg, head, jax.random.key(seed))
-    leaves, tree = jax.tree.flatten(base)
-
-    def perturbed(s):
-        rng = np.random.RandomState(s)
-        return jax.tree.unflatten(
-            tree, [x + noise * rng.standard_normal(x.shape).astype(x.dtype) for x in leaves]
-        )
-
     model = Model(cfg, head)
+    params = _random_params(cfg, head, seed, noise)
     if teacher_seed is None:
-        return model, perturbed(seed), cfg
-    return model, perturbed(seed), cfg, perturbed(teacher_seed)
+        return model, params, cfg
+    return model, params, cfg, _random_params(cfg, head, teacher_seed, noise)
 
 
 def _step(task, params, model, teacher=None, t_params=None, spec=None, lr=1e-3):
