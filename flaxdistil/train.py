@@ -155,6 +155,20 @@ def masked_rows(labels_BxT, mlm_probability: float):
     return positions, head_labels, count
 
 
+def corrupt(spec: DistillSpec, rng, batch: dict, token_weights=None):
+    """The step's dynamic MLM masking with the spec's token ids: (masked ids, labels)."""
+    return mask_tokens(
+        rng,
+        batch["input_ids"],
+        batch["attention_mask"],
+        special_ids=spec.special_ids,
+        mask_token_id=spec.mask_token_id,
+        vocab_size=spec.vocab_size,
+        mlm_probability=spec.mlm_probability,
+        token_weights=token_weights,
+    )
+
+
 def distill_step(
     state: TrainState,
     teacher_params,
@@ -170,16 +184,7 @@ def distill_step(
 ):
     rng = jax.random.fold_in(rng, state.step)
     mask_rng, dropout_rng = jax.random.split(rng)
-    ids, labels = mask_tokens(
-        mask_rng,
-        batch["input_ids"],
-        batch["attention_mask"],
-        special_ids=spec.special_ids,
-        mask_token_id=spec.mask_token_id,
-        vocab_size=spec.vocab_size,
-        mlm_probability=spec.mlm_probability,
-        token_weights=token_weights,
-    )
+    ids, labels = corrupt(spec, mask_rng, batch, token_weights)
     mask = batch["attention_mask"]
     want_hidden = spec.alpha_cos > 0
     positions, head_labels = None, labels
@@ -247,15 +252,7 @@ def _mlm_accuracy(logits, labels):
 
 def mlm_eval_step(params, batch: dict, rng: jax.Array, *, model: Model, spec: DistillSpec):
     """Summed MLM loss / hits / count on a batch with fixed masking (rng given per batch)."""
-    ids, labels = mask_tokens(
-        rng,
-        batch["input_ids"],
-        batch["attention_mask"],
-        special_ids=spec.special_ids,
-        mask_token_id=spec.mask_token_id,
-        vocab_size=spec.vocab_size,
-        mlm_probability=spec.mlm_probability,
-    )
+    ids, labels = corrupt(spec, rng, batch)
     # The vocabulary projection only at masked tokens: the eval cost of the head drops ~7x.
     positions, labels, _ = masked_rows(labels, spec.mlm_probability)
     logits, _ = model.apply(
