@@ -50,7 +50,9 @@ def base() -> ml_collections.ConfigDict:
         max_grad_norm=5.0,
         dtype="float32",  # compute dtype; params stay float32
         remat="",  # "" (off), none, dots, dots_no_batch
-        attention_impl="einsum",  # einsum | fused (jax.nn.dot_product_attention)
+        # einsum | fused (jax.nn.dot_product_attention: cuDNN flash attention on GPU in bf16;
+        # right-padded masks, as the batches here are)
+        attention_impl="einsum",
         trainable="",  # comma-separated param path prefixes to train ("" = all)
         log_every=10,
         checkpoint_every=200,

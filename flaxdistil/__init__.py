@@ -1,7 +1,7 @@
 """flaxdistil: distil and compress BERT-like transformers in JAX/Flax."""
 
 from flaxdistil.hf import CheckpointError, Pretrained, load_pretrained, save_pretrained
-from flaxdistil.models import Model, ModelConfig
+from flaxdistil.models import Model, ModelConfig, inference_fn
 from flaxdistil.student import (
     PRESETS,
     count_params,
@@ -13,7 +13,18 @@ from flaxdistil.student import (
 )
 
 __all__ = [
-    "CheckpointError", "Model", "ModelConfig", "PRESETS", "Pretrained", "count_params",
-    "derive_student", "format_param_table", "init_student", "load_pretrained", "param_table",
-    "save_pretrained", "student_config",
+    "CheckpointError",
+    "Model",
+    "ModelConfig",
+    "PRESETS",
+    "Pretrained",
+    "count_params",
+    "derive_student",
+    "format_param_table",
+    "inference_fn",
+    "init_student",
+    "load_pretrained",
+    "param_table",
+    "save_pretrained",
+    "student_config",
 ]

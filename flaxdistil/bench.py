@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flaxdistil import sharding, train
-from flaxdistil.models import Model, ModelConfig, init_params, unstack_layers
+from flaxdistil.models import Model, ModelConfig, inference_fn, init_params
 from flaxdistil.student import derive_student
 
 # Dense peak TFLOP/s per device, keyed by a substring of jax's device_kind (first match wins).
@@ -332,16 +332,13 @@ def flops_check(t_cfg, s_cfg, batch: int, seq: int, dtype: str, variant: Variant
 def jax_infer_case(
     cfg: ModelConfig, params, host_batch: dict, dtype: str, *, fused: bool, scan_layers: bool
 ) -> Case:
-    """A jitted sequence-classifier forward; inputs come from the host at each call.
-    scan_layers=False runs the layers unrolled on per-layer params (models.unstack_layers)."""
+    """The sequence-classifier forward of models.inference_fn; inputs come from the host at each
+    call. scan_layers=True times the scanned layers instead of inference_fn's unrolled default."""
     memory = start_memory()
     attention = "fused" if fused else "einsum"
-    model = Model(
-        cfg, "seq_cls", jnp.dtype(dtype), attention_impl=attention, scan_layers=scan_layers
+    fn, params = inference_fn(
+        cfg, "seq_cls", params, dtype, unroll_layers=not scan_layers, attention_impl=attention
     )
-    params = params if scan_layers else unstack_layers(params)
-    params = jax.device_put(jax.tree.map(lambda x: jnp.asarray(x, dtype), params))
-    fn = jax.jit(lambda p, ids, mask: model.apply({"params": p}, ids, mask)[0])
     ids, mask = host_batch["input_ids"], host_batch["attention_mask"]
     t0 = time.perf_counter()
     compiled = fn.lower(params, ids, mask).compile()

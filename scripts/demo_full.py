@@ -27,11 +27,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # configs/ imports its siblings
 
-import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from flaxdistil import finetune, hf  # noqa: E402
-from flaxdistil.models import Model  # noqa: E402
+from flaxdistil.models import inference_fn  # noqa: E402
 
 CONFIGS = {"movie_snippets": "configs.sentiment_minilm", "bbc_news": "configs.bbc_minilm"}
 SENTENCE = "A gripping, funny and thoroughly original movie that never lets go."
@@ -65,19 +64,15 @@ def phase_configs(args, workdir: Path) -> dict:
 
 
 def latencies_ms(hf_dirs: dict, tokenizer, runs: int = 50) -> dict:
-    """Median wall time of a jitted eval forward on one sentence (batch 1) per model, after a
-    warm-up. The models take turns run by run, so load from other processes on a shared CPU
-    hits them alike."""
+    """Median wall time of models.inference_fn (jitted, unrolled layers) on one sentence (batch 1)
+    per model, after a warm-up. The models take turns run by run, so load from other processes on
+    a shared CPU hits them alike."""
     enc = tokenizer([SENTENCE], return_tensors="np")
     args = [enc["input_ids"], enc["attention_mask"], enc["token_type_ids"]]
     calls = {}
     for name, path in hf_dirs.items():
         pre = hf.load_pretrained(path, "seq_cls")
-        model = Model(pre.config, "seq_cls")
-        fwd = jax.jit(
-            lambda p, ids, mask, types, m=model: m.apply({"params": p}, ids, mask, types)[0]
-        )
-        params = jax.device_put(pre.params)
+        fwd, params = inference_fn(pre.config, "seq_cls", pre.params)
         fwd(params, *args).block_until_ready()
         calls[name] = functools.partial(fwd, params, *args)
     times = {name: [] for name in calls}

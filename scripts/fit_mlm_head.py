@@ -24,7 +24,8 @@ from flaxdistil.cli import user_errors  # noqa: E402
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<name>.py", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "output directory")
 _INSTALL = flags.DEFINE_string(
-    "install_to", str(assets.cache_dir() / "teachers" / "all-MiniLM-L6-v2-mlm"),
+    "install_to",
+    str(assets.cache_dir() / "teachers" / "all-MiniLM-L6-v2-mlm"),
     "where the fitted teacher goes (what the short name 'minilm-mlm' resolves to)",
 )
 flags.mark_flags_as_required(["config", "workdir"])

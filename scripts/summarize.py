@@ -1,6 +1,6 @@
 """Side-by-side held-out metrics of distillation runs (their results.json files).
 
-    python scripts/summarize.py workdirs/minilm_l3 workdirs/minilm_l3_mlm_only
+python scripts/summarize.py workdirs/minilm_l3 workdirs/minilm_l3_mlm_only
 """
 
 import json

@@ -76,3 +76,21 @@ def test_vocab_logits_gradient_equals_autodiff():
     np.testing.assert_allclose(heads_lib.vocab_logits(y, w, b), heads_lib._vocab_logits(y, w, b))
     for g, r in zip(got, want):
         np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5)
+
+
+def test_inference_compiles_cpu_dots_with_eigen():
+    """inference_fn's forward is compiled without YNNPACK dots on CPU (jaxlib >= 0.10) and gives a
+    plain jit's logits; older jaxlibs and GPUs get no option."""
+    from flaxdistil import xla_cpu
+    from flaxdistil.models import inference_fn
+
+    assert xla_cpu.inference_options("gpu", (0, 10)) is None
+    assert xla_cpu.inference_options("cpu", (0, 9)) is None
+    assert xla_cpu.inference_options("cpu", (0, 10)) == xla_cpu.EIGEN_DOTS
+    params = init_params(TINY, "seq_cls", jax.random.key(0))
+    ids = np.arange(2 * 9).reshape(2, 9) % 150 + 5
+    fn, p = inference_fn(TINY, "seq_cls", params)
+    hlo = fn.lower(p, ids).compile().as_text()
+    plain = jax.jit(lambda p, ids: Model(TINY, "seq_cls").apply({"params": p}, ids)[0])
+    assert "ynn" not in hlo  # (a plain jit's HLO holds ynn fusions on the CPUs seen here)
+    np.testing.assert_allclose(fn(p, ids), plain(params, ids), atol=1e-5)

@@ -14,7 +14,15 @@ import numpy as np
 import pytest
 
 from flaxdistil.hf import load_pretrained
-from flaxdistil.models import FAMILIES, HEADS, Layer, Model, ModelConfig, init_params
+from flaxdistil.models import (
+    FAMILIES,
+    HEADS,
+    Layer,
+    Model,
+    ModelConfig,
+    inference_fn,
+    init_params,
+)
 
 TINY_TOL = 1e-5
 REAL_TOL = 1e-4
@@ -96,6 +104,31 @@ def test_tiny_vs_transformers(family, head, make_hf_model, tmp_path, parity_repo
     print(f"\n{family}/{head}: {diffs}")
     parity_report[f"tiny/{family}/{head}"] = diffs
     assert max(diffs.values()) <= TINY_TOL, diffs
+
+
+@pytest.mark.parametrize(("family", "head"), [("bert", "seq_cls"), ("roberta", None)])
+@pytest.mark.parametrize("unroll", [True, False])
+def test_inference_fn_vs_transformers(family, head, unroll, make_hf_model, tmp_path):
+    """models.inference_fn (unrolled per-layer params by default) gives transformers' outputs."""
+    hf = make_hf_model(family, head)
+    hf.save_pretrained(tmp_path)
+    pre = load_pretrained(tmp_path, head=head)
+    fn, params = inference_fn(pre.config, head, pre.params, unroll_layers=unroll)
+    assert ("layer_0" in params["encoder"]) == unroll
+    ids, mask, types = _batch(family)
+    ours = np.asarray(fn(params, ids, mask, types))
+    theirs = _torch_forward(hf, ids, mask, types)
+    if head is None:
+        keep = mask.astype(bool)
+        np.testing.assert_allclose(
+            ours[keep], theirs.last_hidden_state.numpy()[keep], atol=TINY_TOL
+        )
+    else:
+        np.testing.assert_allclose(ours, _torch_logits(theirs, head), atol=TINY_TOL)
+    # attention_mask and token_type_ids default to all-ones / all-zeros, as in transformers
+    full = np.asarray(fn(params, ids[:1]))
+    ones = np.ones_like(ids[:1])
+    np.testing.assert_allclose(full, np.asarray(fn(params, ids[:1], ones)), atol=1e-6)
 
 
 def test_parity_detects_a_wrong_weight(make_hf_model, tmp_path):
@@ -282,9 +315,25 @@ def test_remat_changes_nothing():
 
 
 def test_fused_attention_equals_einsum(mlm_case):
-    p, inputs, einsum = mlm_case
-    fused, _ = _apply(Model(CFG, "mlm", attention_impl="fused"), p, *inputs)
+    """Right-padded rows (lengths 11, 7, 4, and 0: all padding) give the einsum path's logits and
+    gradients; on CPU the fused path is XLA's implementation fed the same key lengths as cuDNN."""
+    p, (ids, mask, types), einsum = mlm_case
+    fused, _ = _apply(Model(CFG, "mlm", attention_impl="fused"), p, ids, mask, types)
     np.testing.assert_allclose(fused, einsum, atol=1e-5)
+    mask = mask.at[2].set(0)
+
+    def loss(params, impl):
+        logits, _ = Model(CFG, "mlm", attention_impl=impl).apply(
+            {"params": params}, ids, mask, types
+        )
+        return jnp.sum(jnp.tanh(logits) * mask[..., None])
+
+    grads = {
+        impl: jax.jit(jax.grad(loss), static_argnums=1)(p, impl) for impl in ("einsum", "fused")
+    }
+    for a, b in zip(jax.tree.leaves(grads["einsum"]), jax.tree.leaves(grads["fused"]), strict=True):
+        assert np.isfinite(np.asarray(b)).all()
+        np.testing.assert_allclose(b, a, atol=1e-5)
 
 
 def test_masked_positions_equal_gathered_logits(mlm_case):

@@ -2,7 +2,7 @@
 
 from flaxdistil.models.config import FAMILIES, HEADS, ModelConfig
 from flaxdistil.models.encoder import Encoder, Layer, unstack_layers
-from flaxdistil.models.heads import Model, build, init_params, uses_pooler
+from flaxdistil.models.heads import Model, build, inference_fn, init_params, uses_pooler
 
 __all__ = [
     "FAMILIES",
@@ -12,6 +12,7 @@ __all__ = [
     "Layer",
     "Model",
     "build",
+    "inference_fn",
     "init_params",
     "uses_pooler",
     "unstack_layers",

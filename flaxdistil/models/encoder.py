@@ -95,13 +95,38 @@ class Embeddings(nn.Module):
         return x_BxTxD.astype(self.dtype), word
 
 
+def fused_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, mask_BxT):
+    """jax.nn.dot_product_attention with the keys of each row given as a length, mask.sum(-1):
+    the attention mask must be right-padded (ones, then zeros), as BERT batches are.
+
+    cuDNN's flash attention where it applies (a GPU, bf16/fp16, head dim a multiple of 8; jax
+    checks while tracing and raises otherwise), else XLA's implementation: both take the lengths,
+    so the result is the same everywhere. Padded query rows attend to the real keys, as in the
+    einsum path.
+    """
+    lengths_B = jnp.sum(mask_BxT.astype(jnp.int32), axis=-1)
+    attend = functools.partial(
+        jax.nn.dot_product_attention,
+        q_BxTxHxK,
+        k_BxTxHxK,
+        v_BxTxHxK,
+        key_value_seq_lengths=lengths_B,
+    )
+    if jax.default_backend() == "gpu" and q_BxTxHxK.dtype in (jnp.bfloat16, jnp.float16):
+        try:
+            return attend(implementation="cudnn")
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass  # no cuDNN, or a shape it does not support
+    return attend(implementation="xla")
+
+
 class SelfAttention(nn.Module):
     config: ModelConfig
     dtype: jnp.dtype = jnp.float32
     deterministic: bool = True
     output_attentions: bool = False
     # "einsum" materialises the probabilities (needed for attention losses and parity);
-    # "fused" calls jax.nn.dot_product_attention (cuDNN flash attention on GPU).
+    # "fused" calls jax.nn.dot_product_attention, see fused_attention.
     attention_impl: str = "einsum"
 
     @nn.compact
@@ -117,9 +142,7 @@ class SelfAttention(nn.Module):
         dropout_on = not self.deterministic and cfg.attention_probs_dropout_prob > 0
         probs_BxHxTxT = None
         if self.attention_impl == "fused" and not self.output_attentions and not dropout_on:
-            ctx_BxTxHxK = jax.nn.dot_product_attention(
-                q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, mask=keep_Bx1x1xT
-            )
+            ctx_BxTxHxK = fused_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, mask_BxT)
         else:
             scores = jnp.einsum("bqhk,bthk->bhqt", q_BxTxHxK, k_BxTxHxK) / np.sqrt(K)
             # Softmax in fp32 even under bf16 compute; masked keys get the dtype's minimum
