@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import jax
 
-from flaxdistil import bench
+from flaxdistil import bench, xla_cpu
 from flaxdistil.bench import Variant
 from flaxdistil.models import ModelConfig
 
@@ -155,11 +155,21 @@ def infer_section(
     torch_threads: list[int] = (0,),
 ) -> list[dict]:
     """Sequence-classifier forward: latency at batch 1 and throughput, teacher vs student,
-    flaxdistil (jit; scanned and unrolled layers) vs torch (eager, inference_mode)."""
+    flaxdistil (models.inference_fn: scanned and unrolled layers; on CPU also without its Eigen
+    dots) vs torch (eager, inference_mode)."""
     cfg = cfg.replace(num_labels=1)  # an STS-B-like regression head
     t_params, s_params, s_cfg = bench.teacher_student(cfg, student_layers, "seq_cls")
     models = {"teacher": (cfg, t_params), "student": (s_cfg, s_params)}
     rows = []
+    jax_variants = {
+        "scan": {"scan_layers": True},
+        "unrolled": {"scan_layers": False},  # inference_fn's default
+    }
+    if xla_cpu.inference_options():  # what inference_fn's CPU options buy
+        jax_variants["unrolled, xla default dots"] = {
+            "scan_layers": False,
+            "xla_default_dots": True,
+        }
     shapes = [
         ("latency", 1, latency_tokens, latency_repeats),
         ("throughput", throughput_batch, throughput_seq, throughput_repeats),
@@ -175,9 +185,9 @@ def infer_section(
                 "seq": seq,
                 "dtype": dtype,
             }
-            for scan in (True, False):
-                meta_j = meta | {"impl": "flaxdistil", "variant": ("unrolled", "scan")[scan]}
-                kw = {"fused": fused, "scan_layers": scan}
+            for variant, kw in jax_variants.items():
+                meta_j = meta | {"impl": "flaxdistil", "variant": variant}
+                kw = kw | {"fused": fused}
                 _build(built, meta_j, bench.jax_infer_case, c, params, host, dtype, **kw)
             for threads in torch_threads if with_torch else ():
                 from flaxdistil import bench_torch

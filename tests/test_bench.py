@@ -175,3 +175,42 @@ def test_torch_reference_computes_flaxdistils_loss(gather):
     )
     assert int((labels != -100).sum()) > 0
     np.testing.assert_allclose(float(total), float(want.detach()), rtol=2e-5)
+
+
+def test_op_profile_counts_self_time_on_op_threads():
+    """A while loop's own time excludes its body; python-thread events are left out; op numbers
+    fold into kinds. Hand-made trace, two steps."""
+    meta = [
+        {"ph": "M", "pid": 1, "name": "process_name", "args": {"name": "/host:CPU"}},
+        {"ph": "M", "pid": 1, "tid": 7, "name": "thread_name", "args": {"name": "tf_XLAEigen/1"}},
+        {"ph": "M", "pid": 1, "tid": 8, "name": "thread_name", "args": {"name": "python"}},
+    ]
+    span = lambda tid, ts, dur, name: {"ph": "X", "pid": 1, "tid": tid, "ts": ts, "dur": dur,
+                                       "name": name}  # fmt: skip
+    events = meta + [
+        span(7, 0, 100, "while.3"),
+        span(7, 10, 30, "dot.1"),
+        span(7, 50, 10, "dot.2"),
+        span(7, 100, 40, "copy.5"),  # starts as the loop ends: not nested
+        span(8, 0, 500, "$api.py block_until_ready"),
+    ]
+    prof = bench.op_profile(events, steps=2)
+    assert prof["top_ops_ms"] == pytest.approx(
+        {"while.3": 0.030, "dot.1": 0.015, "copy.5": 0.020, "dot.2": 0.005}
+    )
+    assert prof["kinds_ms"] == pytest.approx({"while": 0.030, "dot": 0.020, "copy": 0.020})
+    assert prof["op_ms_total"] == pytest.approx(0.070)
+    assert prof["matmul_ms"] == pytest.approx(0.020)
+    assert bench.op_kind("bitcast_dynamic-update-slice_fusion.9") == (
+        "bitcast_dynamic-update-slice_fusion"
+    )
+
+
+def test_profile_script_smoke(tmp_path):
+    spec = importlib.util.spec_from_file_location("profile_step", ROOT / "scripts/profile_step.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    argv = "--hidden 32 --layers 2 --student-layers 1 --vocab 256 --seq 16 --batch 2 --steps 2"
+    prof = module.main([*argv.split(), "--out", str(tmp_path)])
+    assert prof["op_ms_total"] >= prof["matmul_ms"] > 0
+    assert json.loads((tmp_path / "profile_step.json").read_text())["kinds_ms"]

@@ -190,6 +190,7 @@ def inference_fn(
     *,
     unroll_layers: bool = True,
     attention_impl: str = "einsum",
+    compiler_options: dict | str | None = "auto",
 ):
     """A jitted eval forward and the params it takes: ``fn(params, input_ids, attention_mask=None,
     token_type_ids=None) -> logits`` (the last hidden state for head=None).
@@ -197,15 +198,19 @@ def inference_fn(
     ``params`` are in the scanned layout that load_pretrained and training produce; they are cast
     to ``dtype`` and, with unroll_layers, split per layer (unstack_layers) once, here. A scanned
     forward slices every layer's weights out of the stacked arrays at each call, a copy that cost
-    5-15% of a BERT-base forward on CPU in reports/bench_cpu.md. On CPU the forward is compiled
-    with Eigen's matmuls (xla_cpu.inference_options), faster than YNNPACK's at these shapes.
+    5-15% of a BERT-base forward on CPU in reports/bench_cpu.md. compiler_options="auto" compiles
+    the forward with Eigen's matmuls on CPU (xla_cpu.inference_options), faster than YNNPACK's at
+    these shapes; None keeps XLA's defaults; a dict is passed to jax.jit as it is.
     """
     dtype = jnp.dtype(dtype)
     model = Model(cfg, head, dtype, attention_impl=attention_impl, scan_layers=not unroll_layers)
     params = unstack_layers(params) if unroll_layers else params
     params = jax.device_put(jax.tree.map(lambda x: jnp.asarray(x, dtype), params))
 
-    @functools.partial(jax.jit, compiler_options=xla_cpu.inference_options())
+    if compiler_options == "auto":
+        compiler_options = xla_cpu.inference_options()
+
+    @functools.partial(jax.jit, compiler_options=compiler_options)
     def fn(params, input_ids, attention_mask=None, token_type_ids=None):
         logits, aux = model.apply({"params": params}, input_ids, attention_mask, token_type_ids)
         return aux["last_hidden_state"] if head is None else logits
