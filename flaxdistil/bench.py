@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flaxdistil import sharding, train
+from flaxdistil import sharding, train, xla_cpu
 from flaxdistil.models import Model, ModelConfig, inference_fn, init_params
 from flaxdistil.student import derive_student
 
@@ -203,7 +203,8 @@ class Variant:
     fused: jax.nn.dot_product_attention (cuDNN on GPU); remat: a policy of encoder.REMAT_POLICIES;
     teacher: the teacher's dtype (weights and compute) when it differs from the student's;
     rng: the PRNG implementation of the step's key (jax.random.key(..., impl=...)), e.g. 'rbg',
-    which draws the masks and dropout with XLA's RngBitGenerator instead of threefry.
+    which draws the masks and dropout with XLA's RngBitGenerator instead of threefry;
+    dots: 'eigen' compiles the step with xla_cpu.EIGEN_DOTS (CPU only; default: XLA's choice).
     """
 
     gather: bool = False
@@ -211,6 +212,7 @@ class Variant:
     remat: str | None = None
     teacher: str | None = None
     rng: str | None = None
+    dots: str | None = None
 
     @classmethod
     def parse(cls, text: str) -> Variant:
@@ -219,13 +221,16 @@ class Variant:
             key, _, value = part.partition("=")
             if key in ("gather", "fused") and not value:
                 kw[key] = True
-            elif key in ("remat", "teacher", "rng") and value:
+            elif (key in ("remat", "teacher", "rng") and value) or (key, value) == (
+                "dots",
+                "eigen",
+            ):
                 kw[key] = value
             elif key != "base":
                 raise ValueError(
                     f"unknown variant part {part!r} in {text!r}: expected base, gather, fused, "
-                    "remat=<none|dots|dots_no_batch>, teacher=<dtype> or rng=<impl>, joined "
-                    "with '+'"
+                    "remat=<none|dots|dots_no_batch>, teacher=<dtype>, rng=<impl> or "
+                    "dots=eigen, joined with '+'"
                 )
         return cls(**kw)
 
@@ -235,6 +240,7 @@ class Variant:
         parts += [f"remat={self.remat}"] * bool(self.remat)
         parts += [f"teacher={self.teacher}"] * bool(self.teacher)
         parts += [f"rng={self.rng}"] * bool(self.rng)
+        parts += [f"dots={self.dots}"] * bool(self.dots)
         return "+".join(parts) or "base"
 
 
@@ -280,7 +286,10 @@ def jax_train_case(
     t_params = jax.device_put(jax.tree.map(lambda x: jnp.asarray(x, t_dtype), t_params), t_sh)
     batch = sharding.shard_batch(host_batch, mesh)
     rng = jax.random.key(0, impl=variant.rng)
-    step = train.jit_distill_step(student, teacher, spec, tx, mesh, state_sh, t_sh)
+    options = dict(xla_cpu.EIGEN_DOTS) if variant.dots == "eigen" else None
+    step = train.jit_distill_step(
+        student, teacher, spec, tx, mesh, state_sh, t_sh, compiler_options=options
+    )
 
     t0 = time.perf_counter()
     compiled = step.lower(state, t_params, batch, rng, None).compile()

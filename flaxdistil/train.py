@@ -269,9 +269,18 @@ def mlm_eval_step(params, batch: dict, rng: jax.Array, *, model: Model, spec: Di
 
 
 def jit_distill_step(
-    student, teacher, spec, tx, mesh, state_sharding, teacher_sharding, trainable=None
+    student,
+    teacher,
+    spec,
+    tx,
+    mesh,
+    state_sharding,
+    teacher_sharding,
+    trainable=None,
+    compiler_options=None,
 ):
-    """Compile the step once: batch split over 'data', state donated, teacher not."""
+    """Compile the step once: batch split over 'data', state donated, teacher not.
+    compiler_options go to jax.jit (XLA debug options, e.g. xla_cpu.EIGEN_DOTS)."""
     from flaxdistil import sharding as shd
 
     fn = functools.partial(
@@ -283,4 +292,5 @@ def jit_distill_step(
         in_shardings=(state_sharding, teacher_sharding, shd.batch_sharding(mesh), rep, rep),
         out_shardings=(state_sharding, rep),
         donate_argnums=(0,),
+        compiler_options=compiler_options,
     )

@@ -96,6 +96,9 @@ def test_peaks_and_variants():
     assert bench.Variant.parse(v.name) == v and bench.Variant.parse("base") == bench.Variant()
     with pytest.raises(ValueError, match="unknown variant part 'fast'"):
         bench.Variant.parse("gather+fast")
+    assert bench.Variant.parse("gather+dots=eigen").dots == "eigen"
+    with pytest.raises(ValueError, match="unknown variant part 'dots=mkl'"):
+        bench.Variant.parse("dots=mkl")
 
 
 def test_targets_need_a_gpu_for_the_gpu_targets():
