@@ -221,9 +221,8 @@ class Variant:
             key, _, value = part.partition("=")
             if key in ("gather", "fused") and not value:
                 kw[key] = True
-            elif (key in ("remat", "teacher", "rng") and value) or (key, value) == (
-                "dots",
-                "eigen",
+            elif value and (
+                key in ("remat", "teacher", "rng") or (key, value) == ("dots", "eigen")
             ):
                 kw[key] = value
             elif key != "base":

@@ -1,9 +1,10 @@
 """Per-computation XLA:CPU options (jax.jit's compiler_options), measured in reports/bench_cpu.md.
 
-jaxlib >= 0.10 hands CPU matmuls to YNNPACK. For the forward of an encoder at small batches Eigen's
-GEMM is faster (12x768, 1 x 20 tokens: 46 -> 38 ms; 128 x 20: 2.01 -> 1.86 s), while for the
-training step YNNPACK is (4-15% at 8 x 128 tokens). The options are given per jit, not through
-XLA_FLAGS, so that inference and training in one process each get their faster setting.
+jaxlib >= 0.10 hands CPU matmuls to YNNPACK. For an encoder's forward Eigen's GEMM was faster
+on this project's CPU (12x768, 1 x 20 tokens: 43.1 -> 39.6 ms; 128 x 20: 1.93 -> 1.82 s;
+reports/bench_cpu.md), while for the training step YNNPACK was (8 x 128 tokens: 3.60 vs 3.79 s
+at BERT-base, 357 vs 457 ms at hidden 256; reports/bench_cpu_dots.md). The options are given per
+jit, not through XLA_FLAGS, so that inference and training in one process each get the faster.
 """
 
 from __future__ import annotations

@@ -17,8 +17,8 @@ from flaxdistil.models import ModelConfig
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("bench_script", ROOT / "scripts" / "bench.py")
+def _script(name: str = "bench"):
+    spec = importlib.util.spec_from_file_location(f"{name}_script", ROOT / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -210,9 +210,7 @@ def test_op_profile_counts_self_time_on_op_threads():
 
 
 def test_profile_script_smoke(tmp_path):
-    spec = importlib.util.spec_from_file_location("profile_step", ROOT / "scripts/profile_step.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _script("profile_step")
     argv = "--hidden 32 --layers 2 --student-layers 1 --vocab 256 --seq 16 --batch 2 --steps 2"
     prof = module.main([*argv.split(), "--out", str(tmp_path)])
     assert prof["op_ms_total"] >= prof["matmul_ms"] > 0

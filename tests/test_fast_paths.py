@@ -63,6 +63,8 @@ def test_unrolled_layers_equal_scanned():
     unrolled_model = Model(TINY, "seq_cls", scan_layers=False)
     unrolled = jax.jit(lambda p: unrolled_model.apply({"params": p}, ids, mask, **kw))(flat)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), scanned, unrolled)
+    with pytest.raises(ValueError, match="expects scanned params.*layer_0"):
+        unstack_layers(flat)  # already unstacked: a user's mistake, named
 
 
 def test_vocab_logits_gradient_equals_autodiff():

@@ -9,6 +9,7 @@ slice of the teacher's pytree (see student.py).
 from __future__ import annotations
 
 import functools
+import warnings
 
 import flax.linen as nn
 import jax
@@ -115,8 +116,11 @@ def fused_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, mask_BxT):
     if jax.default_backend() == "gpu" and q_BxTxHxK.dtype in (jnp.bfloat16, jnp.float16):
         try:
             return attend(implementation="cudnn")
-        except (NotImplementedError, RuntimeError, ValueError):
-            pass  # no cuDNN, or a shape it does not support
+        except (NotImplementedError, RuntimeError, ValueError) as e:  # no cuDNN, or its limits
+            # Once per trace: a researcher timing "fused" should know it is not cuDNN's kernel.
+            warnings.warn(
+                f"fused attention: cuDNN refused ({e}); using XLA's implementation", stacklevel=2
+            )
     return attend(implementation="xla")
 
 
@@ -269,6 +273,11 @@ def unstack_layers(params: dict) -> dict:
     """Params of a scanned model ('layer' with a leading layer axis) -> those of the same model
     with scan_layers=False ('layer_0', 'layer_1', ...)."""
     enc = dict(params["encoder"])
+    if "layer" not in enc:
+        raise ValueError(
+            "unstack_layers expects scanned params (a stacked 'encoder/layer'); found encoder "
+            f"keys {sorted(enc)}"
+        )
     stacked = enc.pop("layer")
     n = jax.tree.leaves(stacked)[0].shape[0]
     enc.update({f"layer_{i}": jax.tree.map(lambda x, i=i: x[i], stacked) for i in range(n)})

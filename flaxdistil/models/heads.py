@@ -198,9 +198,10 @@ def inference_fn(
     ``params`` are in the scanned layout that load_pretrained and training produce; they are cast
     to ``dtype`` and, with unroll_layers, split per layer (unstack_layers) once, here. A scanned
     forward slices every layer's weights out of the stacked arrays at each call, a copy that cost
-    5-15% of a BERT-base forward on CPU in reports/bench_cpu.md. compiler_options="auto" compiles
-    the forward with Eigen's matmuls on CPU (xla_cpu.inference_options), faster than YNNPACK's at
-    these shapes; None keeps XLA's defaults; a dict is passed to jax.jit as it is.
+    2-20% of a BERT-base-shaped forward on CPU in reports/bench_cpu.md (most at batch 1).
+    compiler_options="auto" compiles the forward with Eigen's matmuls on CPU
+    (xla_cpu.inference_options), faster than YNNPACK's at these shapes; None keeps XLA's
+    defaults; a dict is passed to jax.jit as it is.
     """
     dtype = jnp.dtype(dtype)
     model = Model(cfg, head, dtype, attention_impl=attention_impl, scan_layers=not unroll_layers)
