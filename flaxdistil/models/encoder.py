@@ -124,14 +124,28 @@ def fused_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, mask_BxT):
     return attend(implementation="xla")
 
 
+ATTENTION_OUTPUTS = (False, True, "probs", "scores")
+
+
+def _want(output_attentions, kind: str) -> bool:
+    """output_attentions: False, True/'probs' (softmax probabilities, as transformers returns) or
+    'scores' (pre-softmax, masked keys at the float32 minimum: TinyBERT's / TextBrewer's input)."""
+    if output_attentions not in ATTENTION_OUTPUTS:
+        raise ValueError(
+            f"output_attentions must be one of {ATTENTION_OUTPUTS}, got {output_attentions!r}"
+        )
+    return bool(output_attentions) and (output_attentions == "scores") == (kind == "scores")
+
+
 class SelfAttention(nn.Module):
     config: ModelConfig
     dtype: jnp.dtype = jnp.float32
     deterministic: bool = True
-    output_attentions: bool = False
+    output_attentions: bool | str = False
     # "einsum" materialises the probabilities (needed for attention losses and parity);
     # "fused" calls jax.nn.dot_product_attention, see fused_attention.
     attention_impl: str = "einsum"
+    output_qkv: bool = False  # also return the projected queries, keys, values [3,B,T,D]
 
     @nn.compact
     def __call__(self, x_BxTxD, mask_BxT):
@@ -158,8 +172,13 @@ class SelfAttention(nn.Module):
                 probs_BxHxTxT, deterministic=self.deterministic
             )
             ctx_BxTxHxK = jnp.einsum("bhqt,bthk->bqhk", dropped.astype(self.dtype), v_BxTxHxK)
+            if _want(self.output_attentions, "scores"):
+                probs_BxHxTxT = scores
         out_BxTxD = dense(cfg, cfg.hidden_size, "out", self.dtype)(ctx_BxTxHxK.reshape(B, T, -1))
-        return out_BxTxD, probs_BxHxTxT
+        qkv = None
+        if self.output_qkv:
+            qkv = jnp.stack([y.reshape(B, T, -1) for y in (q_BxTxHxK, k_BxTxHxK, v_BxTxHxK)])
+        return out_BxTxD, probs_BxHxTxT, qkv
 
 
 class Layer(nn.Module):
@@ -169,19 +188,21 @@ class Layer(nn.Module):
     dtype: jnp.dtype = jnp.float32
     deterministic: bool = True
     output_hidden_states: bool = False
-    output_attentions: bool = False
+    output_attentions: bool | str = False
     attention_impl: str = "einsum"
+    output_qkv: bool = False
 
     @nn.compact
     def __call__(self, h_BxTxD, mask_BxT):
         cfg = self.config
         drop = lambda y: nn.Dropout(cfg.hidden_dropout_prob)(y, deterministic=self.deterministic)
-        attn_out, probs = SelfAttention(
+        attn_out, probs, qkv = SelfAttention(
             cfg,
             self.dtype,
             self.deterministic,
             self.output_attentions,
             self.attention_impl,
+            self.output_qkv,
             name="attention",
         )(h_BxTxD, mask_BxT)
         if cfg.model_type != "distilbert":  # DistilBERT has no dropout after out_lin
@@ -193,6 +214,7 @@ class Layer(nn.Module):
         ys = (
             h_BxTxD if self.output_hidden_states else None,
             probs if self.output_attentions else None,
+            qkv,
         )
         return h_BxTxD, ys
 
@@ -218,7 +240,8 @@ class Encoder(nn.Module):
         *,
         train: bool = False,
         output_hidden_states: bool = False,
-        output_attentions: bool = False,
+        output_attentions: bool | str = False,
+        output_qkv: bool = False,
     ):
         cfg = self.config
         if attention_mask_BxT is None:
@@ -236,6 +259,7 @@ class Encoder(nn.Module):
             output_hidden_states,
             output_attentions,
             self.attention_impl,
+            output_qkv,
         )
         if self.scan_layers:
             stack = nn.scan(
@@ -245,9 +269,9 @@ class Encoder(nn.Module):
                 in_axes=nn.broadcast,
                 length=cfg.num_hidden_layers,
             )
-            last_BxTxD, (hidden_LxBxTxD, att_LxBxHxTxT) = stack(*layer_args, name="layer")(
-                h_BxTxD, attention_mask_BxT
-            )
+            last_BxTxD, (hidden_LxBxTxD, att_LxBxHxTxT, qkv_Lx3xBxTxD) = stack(
+                *layer_args, name="layer"
+            )(h_BxTxD, attention_mask_BxT)
         else:
             last_BxTxD, ys = h_BxTxD, []
             for i in range(cfg.num_hidden_layers):
@@ -255,7 +279,7 @@ class Encoder(nn.Module):
                     last_BxTxD, attention_mask_BxT
                 )
                 ys.append(y)
-            hidden_LxBxTxD, att_LxBxHxTxT = (
+            hidden_LxBxTxD, att_LxBxHxTxT, qkv_Lx3xBxTxD = (
                 None if y[0] is None else jnp.stack(y) for y in zip(*ys)
             )
         aux = {"last_hidden_state": last_BxTxD, "word_embeddings": word.embedding}
@@ -263,6 +287,8 @@ class Encoder(nn.Module):
             aux["hidden_states"] = jnp.concatenate([h_BxTxD[None], hidden_LxBxTxD], axis=0)
         if output_attentions:
             aux["attentions"] = att_LxBxHxTxT
+        if output_qkv:  # MiniLM's self-attention relations need each layer's q, k, v
+            aux["qkv"] = qkv_Lx3xBxTxD
         if self.with_pooler:
             pooled = dense(cfg, cfg.hidden_size, "pooler", self.dtype)(last_BxTxD[:, 0])
             aux["pooled"] = jnp.tanh(pooled)

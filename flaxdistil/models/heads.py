@@ -8,7 +8,9 @@
  - "token_cls": [B, T, num_labels].
  - "qa": [B, T, 2] (start, end).
 aux holds 'last_hidden_state', and on request 'hidden_states' [L+1, B, T, D] (index 0: embeddings)
-and 'attentions' [L, B, H, T, T]; 'pooled' where a pooler exists.
+and 'attentions' [L, B, H, T, T] (probabilities, or pre-softmax scores with
+output_attentions='scores'), 'qkv' [L, 3, B, T, D] with output_qkv; 'pooled' where a pooler
+exists.
 """
 
 from __future__ import annotations
@@ -127,7 +129,8 @@ class Model(nn.Module):
         *,
         train: bool = False,
         output_hidden_states: bool = False,
-        output_attentions: bool = False,
+        output_attentions: bool | str = False,
+        output_qkv: bool = False,
         masked_positions=None,
     ):
         cfg, head = self.config, self.head
@@ -148,6 +151,7 @@ class Model(nn.Module):
             train=train,
             output_hidden_states=output_hidden_states,
             output_attentions=output_attentions,
+            output_qkv=output_qkv,
         )
         word = aux.pop("word_embeddings")
         deterministic = not train
