@@ -13,6 +13,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[test]"
+	# TextBrewer is only a test reference for losses/schedules; --no-deps: its deps pull tensorboard.
+	$(PY) -m pip install -q --no-deps textbrewer==0.2.1.post1
 	touch $@
 
 assets: setup

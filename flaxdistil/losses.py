@@ -1,4 +1,4 @@
-"""Pure JAX distillation losses: Hinton KD, DistilBERT's triple loss, TextBrewer layer losses.
+"""Pure JAX distillation losses: Hinton KD, DistilBERT's loss terms, TextBrewer's and MiniLM's.
 
 Every loss returns a float32 scalar computed in float32 (bf16 inputs are upcast first). Masks are
 boolean or 0/1 arrays over the leading (non-feature) axes; means run over the selected positions
@@ -7,15 +7,30 @@ only, and when nothing is selected the loss is 0 with zero gradients.
 Unselected inputs are replaced by zeros *before* any arithmetic. A single `where` on the output is
 not enough: its zero cotangent times an inf/NaN intermediate (log_softmax of a row of -inf, say)
 is still NaN in the backward pass.
+
+Two registries with TextBrewer's names (textbrewer.presets) and values:
+  MATCH_LOSS_MAP[name](feature_S, feature_T, mask=None): intermediate features, mask [B,T];
+  KD_LOSS_MAP[name](logits_S, logits_T, temperature=1.0, mask=None): logits [..., V], the
+    temperature a float or one per row (logits.shape[:-1]), the mask selecting rows.
+Attention losses take pre-softmax scores [B,H,T,T] (masked keys at a large negative value, as
+the encoder's output_attentions='scores'). A new loss is one dict entry, e.g.:
+
+    def l1(feature_S, feature_T, mask=None):
+        return jnp.mean(jnp.abs(feature_S - feature_T))
+    losses.MATCH_LOSS_MAP["l1"] = l1
 """
+
+import functools
+import math
 
 import jax
 import jax.numpy as jnp
 
 IGNORE_INDEX = -100
 _TORCH_COS_EPS = 1e-12  # ATen's cosine_embedding_loss adds this to each squared norm.
-_LOG_EPS = 1e-12  # keeps log(p) finite for attention probabilities that underflowed to 0.
-_NORM_EPS = 1e-12  # F.normalize's eps: a zero vector stays zero instead of 0/0.
+_F32_MIN = float(jnp.finfo(jnp.float32).min)  # what the encoder puts on masked keys
+_TB_NEG = -1e-3  # TextBrewer's maskless rule: scores <= -1e-3 are treated as masked (set to 0)
+_SCORE_FLOOR = -1e30  # below any real score (exp gives 0), yet H of them sum to a finite float32
 
 
 def _sel(mask, shape):
@@ -39,24 +54,74 @@ def _masked_mean(values, sel):
     return total / jnp.maximum(count, 1.0)
 
 
+def _pair_sel(mask, shape):
+    """[B,(H),T,T] selection of (query, key) pairs where both tokens are selected."""
+    if mask is None:
+        return jnp.ones(shape, bool)
+    m_BxT = jnp.asarray(mask) != 0
+    pair_BxTxT = m_BxT[:, :, None] & m_BxT[:, None, :]
+    if len(shape) == 4:
+        pair_BxTxT = pair_BxTxT[:, None]
+    return jnp.broadcast_to(pair_BxTxT, shape)
+
+
+def _query_sel(mask, shape):
+    """[B,(H),T] selection of valid queries."""
+    if mask is None:
+        return jnp.ones(shape, bool)
+    m_BxT = jnp.asarray(mask) != 0
+    return jnp.broadcast_to(m_BxT[:, None] if len(shape) == 3 else m_BxT, shape)
+
+
 # --------------------------------------------------------------------------- logits losses
 
 
+def _row_temperature(temperature, sel):
+    """[..., 1] float32 temperature per row; unselected rows get 1 so junk there cannot divide."""
+    t = jnp.broadcast_to(jnp.asarray(temperature, jnp.float32), sel.shape)
+    return jnp.where(sel, t, 1.0)[..., None]
+
+
 def soft_kl(student_logits, teacher_logits, mask=None, temperature=1.0):
-    """Hinton KD: T^2 * mean over selected rows of KL(softmax(t/T) || softmax(s/T)).
+    """Hinton KD: mean over selected rows of T^2 * KL(softmax(t/T) || softmax(s/T)).
 
     Matches DistilBERT's `KLDivLoss(reduction="batchmean")(log_softmax(s/T), softmax(t/T)) * T**2`
     on the selected rows. Logits are [..., V] (e.g. [B,T,V] with mask [B,T], or [B,C] with mask
-    [B]); mask=None selects all rows. Terms with teacher probability 0 contribute 0 (torch xlogy).
+    [B]); mask=None selects all rows. The temperature is a scalar or one per row (each row is then
+    scaled by its own T^2). Terms with teacher probability 0 contribute 0 (torch xlogy).
     """
     sel = _sel(mask, student_logits.shape[:-1])
-    log_q = jax.nn.log_softmax(_zero_unselected(student_logits, sel) / temperature, axis=-1)
-    log_p = jax.nn.log_softmax(_zero_unselected(teacher_logits, sel) / temperature, axis=-1)
+    temp = _row_temperature(temperature, sel)
+    log_q = jax.nn.log_softmax(_zero_unselected(student_logits, sel) / temp, axis=-1)
+    log_p = jax.nn.log_softmax(_zero_unselected(teacher_logits, sel) / temp, axis=-1)
     p = jnp.exp(log_p)
     # Both logs are gated so that p == 0 with log = -inf gives 0, also in the gradient.
     pos = p > 0
     kl = jnp.sum(p * (jnp.where(pos, log_p, 0.0) - jnp.where(pos, log_q, 0.0)), axis=-1)
-    return _masked_mean(kl, sel) * temperature**2
+    return _masked_mean(kl * temp[..., 0] ** 2, sel)
+
+
+def kd_kl_loss(logits_S, logits_T, temperature=1.0, mask=None):
+    """KD_LOSS_MAP['kl_t2']: soft_kl in the registry's argument order."""
+    return soft_kl(logits_S, logits_T, mask, temperature)
+
+
+def kd_ce_loss(logits_S, logits_T, temperature=1.0, mask=None):
+    """TextBrewer kd_ce_loss: mean over selected rows of -sum softmax(t/T) log_softmax(s/T)."""
+    sel = _sel(mask, logits_S.shape[:-1])
+    temp = _row_temperature(temperature, sel)
+    p_T = jax.nn.softmax(_zero_unselected(logits_T, sel) / temp, axis=-1)
+    log_q = jax.nn.log_softmax(_zero_unselected(logits_S, sel) / temp, axis=-1)
+    ce = -jnp.sum(p_T * jnp.where(p_T > 0, log_q, 0.0), axis=-1)  # a -inf logit with p_T=0: 0
+    return _masked_mean(ce, sel)
+
+
+def kd_mse_loss(logits_S, logits_T, temperature=1.0, mask=None):
+    """TextBrewer kd_mse_loss: mean over selected rows and classes of (s/T - t/T)^2."""
+    sel = _sel(mask, logits_S.shape[:-1])
+    temp = _row_temperature(temperature, sel)
+    diff = (_zero_unselected(logits_S, sel) - _zero_unselected(logits_T, sel)) / temp
+    return _masked_mean(diff**2, sel)
 
 
 def cross_entropy(logits, labels, mask=None):
@@ -103,214 +168,206 @@ def hidden_mse(student_h, teacher_h, mask=None):
 
 
 def pkd_loss(student_h, teacher_h, mask=None):
-    """BERT-PKD / TextBrewer pkd_loss: mean over examples of |s/|s| - t/|t||^2 at position 0.
+    """TextBrewer pkd_loss (BERT-PKD): mean over examples of |s/|s| - t/|t||^2 at token 0.
 
-    Accepts [B,T,D] (uses token 0, [CLS]) or [B,D]. TextBrewer ignores the mask; here a [B,T]
-    mask only drops examples whose first token is padding (all-padding rows), which is the same
-    on real data. Normalisation uses F.normalize's eps so a zero vector gives no NaN.
+    Accepts [B,T,D] (uses token 0, [CLS]) or [B,D].
     """
-    row_mask = None if mask is None else jnp.asarray(mask)
-    if row_mask is not None and row_mask.ndim == 2:
-        row_mask = row_mask[:, 0]
-    sel = _sel(row_mask, student_h.shape[:1])
+    del mask  # TextBrewer ignores the mask: every example counts (token 0 is never padding).
 
     def cls_normed(h):
-        cls_BxD = _zero_unselected(h[:, 0] if h.ndim == 3 else h, sel)
-        sq = jnp.sum(cls_BxD * cls_BxD, axis=-1, keepdims=True)
-        return cls_BxD * jax.lax.rsqrt(jnp.maximum(sq, _NORM_EPS**2))
+        cls_BxD = jnp.asarray(h[:, 0] if h.ndim == 3 else h, jnp.float32)
+        sq_Bx1 = jnp.sum(cls_BxD * cls_BxD, axis=-1, keepdims=True)
+        # Differs from TextBrewer only for an exactly-zero vector: 0 here, 0/0 = NaN there.
+        return cls_BxD * jax.lax.rsqrt(jnp.where(sq_Bx1 > 0, sq_Bx1, 1.0))
 
-    dist_B = jnp.sum((cls_normed(student_h) - cls_normed(teacher_h)) ** 2, axis=-1)
-    return _masked_mean(dist_B, sel)
-
-
-def _pair_sel(mask, shape_BxHxTxT):
-    """[B,(H),T,T] selection of (query, key) pairs where both tokens are selected."""
-    if mask is None:
-        return jnp.ones(shape_BxHxTxT, bool)
-    m_BxT = jnp.asarray(mask) != 0
-    pair_BxTxT = m_BxT[:, :, None] & m_BxT[:, None, :]
-    if len(shape_BxHxTxT) == 4:
-        pair_BxTxT = pair_BxTxT[:, None]
-    return jnp.broadcast_to(pair_BxTxT, shape_BxHxTxT)
+    return jnp.mean(jnp.sum((cls_normed(student_h) - cls_normed(teacher_h)) ** 2, axis=-1))
 
 
-def mmd_loss(student_h, teacher_h, mask=None):
-    """TextBrewer mmd_loss (NST variant): MSE between token-similarity (Gram) matrices.
+def _pair(feature, name):
+    """The two [B,T,D] arrays of a two-layer feature, as TextBrewer's fsp/mmd take them."""
+    if isinstance(feature, tuple | list) and len(feature) == 2:
+        return feature
+    raise ValueError(f"{name} takes a pair (a, b) of [B,T,D] arrays per model; got {feature!r:.80}")
 
-    gram = h0 @ h1^T / hidden over [B,T,T], averaged over valid (query, key) pairs. Each of
-    student_h / teacher_h is one [B,T,D] array (self-similarity, h0 = h1) or a pair (h0, h1) as in
-    TextBrewer's two-layer form. Student and teacher hidden sizes may differ. We divide by the
-    hidden size in both paths: TextBrewer's masked path divides by the padded length instead,
-    which makes the loss depend on padding.
+
+def fsp_loss(feature_S, feature_T, mask=None):
+    """TextBrewer fsp_loss ('fsp', 'gram'): MSE between [B,D,D] matrices a^T b / length.
+
+    Student and teacher D must agree (project first). Examples without any selected token are
+    left out of the mean (TextBrewer divides 0 by a zero length there: NaN).
     """
 
-    def gram(h):
-        h0, h1 = h if isinstance(h, tuple | list) else (h, h)
-        sel = _sel(mask, h0.shape[:-1])
-        h0, h1 = _zero_unselected(h0, sel), _zero_unselected(h1, sel)
-        return jnp.einsum("btd,bsd->bts", h0, h1) / h1.shape[-1]
+    def gram_BxDxD(feature):
+        a, b = _pair(feature, "fsp")
+        sel = _sel(mask, a.shape[:-1])
+        a, b = _zero_unselected(a, sel), _zero_unselected(b, sel)
+        length_B = jnp.sum(sel, axis=1, dtype=jnp.float32)
+        return jnp.einsum("btd,bte->bde", a, b) / jnp.maximum(length_B, 1.0)[:, None, None]
 
-    gram_S, gram_T = gram(student_h), gram(teacher_h)
+    gram_S, gram_T = gram_BxDxD(feature_S), gram_BxDxD(feature_T)
+    if gram_S.shape != gram_T.shape:
+        raise ValueError(
+            f"fsp needs equal hidden sizes: student {gram_S.shape[-1]}, teacher "
+            f"{gram_T.shape[-1]}; project the student first"
+        )
+    has_tokens_B = _sel(mask, feature_S[0].shape[:-1]).any(axis=1)
+    return _masked_mean((gram_S - gram_T) ** 2, has_tokens_B)
+
+
+def mmd_loss(feature_S, feature_T, mask=None):
+    """TextBrewer mmd_loss ('mmd', 'nst'): MSE between [B,T,T] token similarities a b^T / scale.
+
+    Hidden sizes of student and teacher may differ. Averaged over valid (query, key) pairs.
+    """
+
+    def gram_BxTxT(feature):
+        a, b = _pair(feature, "mmd")
+        sel = _sel(mask, a.shape[:-1])
+        a, b = _zero_unselected(a, sel), _zero_unselected(b, sel)
+        # TextBrewer divides by the hidden size without a mask but by the padded length with one.
+        scale = a.shape[-1] if mask is None else a.shape[1]
+        return jnp.einsum("btd,bsd->bts", a, b) / scale
+
+    gram_S, gram_T = gram_BxTxT(feature_S), gram_BxTxT(feature_T)
     return _masked_mean((gram_S - gram_T) ** 2, _pair_sel(mask, gram_S.shape))
 
 
 # --------------------------------------------------------------------------- attention losses
 
 
-def attention_mse(att_S, att_T, mask=None):
-    """TextBrewer att_mse_loss on attention *probabilities* [B,H,T,T]: mean over heads and valid
-    (query, key) pairs of (p_S - p_T)^2, i.e. sum / (H * sum_b len_b^2) as TextBrewer.
-
-    TextBrewer receives pre-softmax scores masked with large negatives and, without a mask, zeroes
-    entries <= -1e-3; probabilities are never negative, so that step has no counterpart here.
-    """
-    sel = _pair_sel(mask, att_S.shape)
-    diff = _zero_unselected(att_S, sel) - _zero_unselected(att_T, sel)
-    return _masked_mean(diff**2, sel)
+def _reduce_heads(scores, reduce):
+    """Sum/mean of [B,H,T,T] over heads ([B,T,T] passes). The floor keeps H masked keys at the
+    float32 minimum from overflowing to -inf (a row of -inf would make log_softmax NaN)."""
+    if reduce is None or scores.ndim != 4:
+        return scores
+    return reduce(jnp.maximum(scores, _SCORE_FLOOR), axis=1)
 
 
-def attention_ce(att_S, att_T, mask=None):
-    """TextBrewer att_ce_loss on probabilities [B,H,T,T]: -sum_k p_T log(p_S + 1e-12) over valid
-    keys, averaged over heads and valid queries (TextBrewer applies softmax/log_softmax to scores;
-    on probabilities log_softmax(scores) = log p_S, the eps only guards underflow).
-    """
+def _att_mse(att_S, att_T, mask, reduce):
+    """TextBrewer att_mse_loss (reduce=None) / att_mse_sum_loss (reduce=jnp.sum)."""
+    if mask is None:
+        s, t = (_reduce_heads(jnp.asarray(x, jnp.float32), reduce) for x in (att_S, att_T))
+        s, t = (jnp.where(x <= _TB_NEG, 0.0, x) for x in (s, t))
+        return jnp.mean((s - t) ** 2)
     pair = _pair_sel(mask, att_S.shape)
-    p_S, p_T = _zero_unselected(att_S, pair), _zero_unselected(att_T, pair)
-    ce_BxHxT = -jnp.sum(p_T * jnp.log(p_S + _LOG_EPS), axis=-1)
-    query_sel = _sel(None if mask is None else jnp.asarray(mask)[:, None, :], ce_BxHxT.shape)
-    return _masked_mean(ce_BxHxT, query_sel)
+    s, t = (_reduce_heads(_zero_unselected(x, pair), reduce) for x in (att_S, att_T))
+    return _masked_mean((s - t) ** 2, _pair_sel(mask, s.shape))  # / (H *) sum_b len_b^2
 
 
-# --------------------------------------------------------------------------- combined losses
+def _att_ce(att_S, att_T, mask, reduce):
+    """TextBrewer att_ce_loss (reduce=None) / att_ce_mean_loss (reduce=jnp.mean).
+
+    With a mask, masked keys are excluded from both softmaxes; TextBrewer keeps them, which is
+    the same on its inputs (masked keys at -1e4 or below have probability exactly 0 in float32)."""
+    if mask is None:
+        s, t = (_reduce_heads(jnp.asarray(x, jnp.float32), reduce) for x in (att_S, att_T))
+        keep = t > _TB_NEG  # TextBrewer zeroes p_T where the teacher's score is <= -1e-3
+        p_T = jnp.where(keep, jax.nn.softmax(t, axis=-1), 0.0)
+        log_q = jnp.where(keep, jax.nn.log_softmax(s, axis=-1), 0.0)
+        return -jnp.mean(jnp.sum(p_T * log_q, axis=-1))
+    pair = _pair_sel(mask, att_S.shape)
+    s, t = (_reduce_heads(_zero_unselected(x, pair), reduce) for x in (att_S, att_T))
+    pair = _pair_sel(mask, s.shape)
+    s, t = (jnp.where(pair, x, _F32_MIN) for x in (s, t))
+    p_T, log_q = jax.nn.softmax(t, axis=-1), jax.nn.log_softmax(s, axis=-1)
+    ce = -jnp.sum(jnp.where(pair, p_T * log_q, 0.0), axis=-1)
+    return _masked_mean(ce, _query_sel(mask, ce.shape))  # / (H *) sum_b len_b
 
 
-def _active(alpha):
-    """False only for a static zero weight, so that term is never computed (traced: always)."""
-    return not (isinstance(alpha, int | float) and alpha == 0.0)
+def att_mse_loss(scores_S, scores_T, mask=None):
+    """TextBrewer att_mse_loss on scores [B,H,T,T]: mean over heads and valid (query, key) pairs
+    of (s - t)^2; without a mask, mean over all entries after setting scores <= -1e-3 to 0."""
+    return _att_mse(scores_S, scores_T, mask, None)
 
 
-def distil_loss(
-    student,
-    teacher,
-    batch,
-    *,
-    temperature,
-    alpha_ce,
-    alpha_mlm,
-    alpha_cos,
-    alpha_mse=0.0,
-    restrict_ce_to_mask=False,
-):
-    """DistilBERT's loss (HF research_projects/distillation/distiller.py), returns (total, terms).
-
-    student/teacher: dicts with 'logits' [B,T,V] and 'hidden' [B,T,D] (last hidden state).
-    batch: 'attention_mask' [B,T] and 'labels' [B,T] (-100 = not masked).
-      loss_ce:  soft_kl over non-pad tokens, or over masked tokens if restrict_ce_to_mask;
-      loss_mlm: mlm_cross_entropy of the student on labels;
-      loss_cos: cosine_hidden over non-pad tokens;
-      loss_mse: distiller.py's alpha_mse term on *logits*: MSELoss(reduction='sum') over the KL
-                rows divided by their number (for hidden-state MSE see hidden_mse).
-    Terms are unweighted; total = sum alpha_i * term_i. A term whose alpha is a Python 0.0 is not
-    computed and reported as 0. The teacher is wrapped in stop_gradient.
-    """
-    teacher = jax.lax.stop_gradient(teacher)
-    labels, pad_BxT = batch["labels"], batch["attention_mask"]
-    kl_BxT = labels != IGNORE_INDEX if restrict_ce_to_mask else pad_BxT
-    s_logits, t_logits = student["logits"], teacher["logits"]
-    zero = jnp.zeros((), jnp.float32)
-
-    def logit_mse():
-        sel = _sel(kl_BxT, s_logits.shape[:-1])
-        sq = (_zero_unselected(s_logits, sel) - _zero_unselected(t_logits, sel)) ** 2
-        return _masked_mean(jnp.sum(sq, axis=-1), sel)
-
-    s_hid, t_hid = student.get("hidden"), teacher.get("hidden")
-    spec = {  # name: (alpha, thunk); thunks let a static zero alpha skip the computation
-        "loss_ce": (alpha_ce, lambda: soft_kl(s_logits, t_logits, kl_BxT, temperature)),
-        "loss_mlm": (alpha_mlm, lambda: mlm_cross_entropy(s_logits, labels)),
-        "loss_cos": (alpha_cos, lambda: cosine_hidden(s_hid, t_hid, pad_BxT)),
-        "loss_mse": (alpha_mse, logit_mse),
-    }
-    terms = {name: fn() if _active(alpha) else zero for name, (alpha, fn) in spec.items()}
-    total = sum((alpha * terms[name] for name, (alpha, _) in spec.items() if _active(alpha)), zero)
-    return total, {"loss": total, **terms}
+def att_mse_sum_loss(scores_S, scores_T, mask=None):
+    """TextBrewer att_mse_sum_loss: att_mse_loss of the scores summed over heads ([B,T,T])."""
+    return _att_mse(scores_S, scores_T, mask, jnp.sum)
 
 
-INTERMEDIATE_LOSSES = {
+def att_ce_loss(scores_S, scores_T, mask=None):
+    """TextBrewer att_ce_loss on scores [B,H,T,T]: -sum_k softmax(t) log_softmax(s) over keys,
+    averaged over heads and valid queries; without a mask over all queries, with p_T set to 0
+    where t <= -1e-3."""
+    return _att_ce(scores_S, scores_T, mask, None)
+
+
+def att_ce_mean_loss(scores_S, scores_T, mask=None):
+    """TextBrewer att_ce_mean_loss: att_ce_loss of the scores averaged over heads ([B,T,T])."""
+    return _att_ce(scores_S, scores_T, mask, jnp.mean)
+
+
+# --------------------------------------------------------------------------- MiniLM
+
+
+def _attention_kl(scores_S, scores_T, mask):
+    """Mean over heads and valid queries of KL(softmax(t) || softmax(s)) over valid keys."""
+    pair = _pair_sel(mask, scores_S.shape)
+    s, t = (jnp.where(pair, jnp.asarray(x, jnp.float32), _F32_MIN) for x in (scores_S, scores_T))
+    log_p, log_q = jax.nn.log_softmax(t, axis=-1), jax.nn.log_softmax(s, axis=-1)
+    p = jnp.exp(log_p)
+    pos = pair & (p > 0)  # gate both logs: a p = 0 key adds exactly 0, also in the gradient
+    kl = jnp.sum(p * (jnp.where(pos, log_p, 0.0) - jnp.where(pos, log_q, 0.0)), axis=-1)
+    return _masked_mean(kl, _query_sel(mask, kl.shape))
+
+
+def minilm_attention(scores_S, scores_T, mask=None):
+    """MiniLM (Wang et al. 2020) attention transfer on last-layer scores [B,H,T,T]: KL(teacher ||
+    student) of the attention distributions, averaged over heads and valid queries."""
+    if scores_S.shape[1] != scores_T.shape[1]:
+        raise ValueError(
+            f"minilm_attention needs equal head counts: student {scores_S.shape[1]}, "
+            f"teacher {scores_T.shape[1]} (use minilm_relation)"
+        )
+    return _attention_kl(scores_S, scores_T, mask)
+
+
+def _relation_scores(x_BxTxD, mask, num_heads, who):
+    """[B,R,T,T] scaled dot products x_r x_r^T / sqrt(D/R) of R relation heads."""
+    b, t, d = x_BxTxD.shape
+    if d % num_heads:
+        raise ValueError(
+            f"minilm_relation: {who} size {d} is not divisible by num_relation_heads={num_heads}"
+        )
+    x_BxTxRxK = _zero_unselected(x_BxTxD, _sel(mask, (b, t))).reshape(b, t, num_heads, -1)
+    return jnp.einsum("btrk,bsrk->brts", x_BxTxRxK, x_BxTxRxK) / math.sqrt(d // num_heads)
+
+
+def minilm_relation(qkv_S, qkv_T, mask=None, num_relation_heads=12):
+    """MiniLMv2 self-attention relation transfer for one of a layer's projected queries, keys or
+    values ([B,T,D] each; D_S and D_T may differ but both divide into num_relation_heads):
+    KL(rel_T || rel_S) of the relations softmax(x_r x_r^T / sqrt(D/R)) over valid keys, averaged
+    over relation heads and valid queries."""
+    rel_S = _relation_scores(qkv_S, mask, num_relation_heads, "student")
+    rel_T = _relation_scores(qkv_T, mask, num_relation_heads, "teacher")
+    return _attention_kl(rel_S, rel_T, mask)
+
+
+def minilm_relation_loss(num_relation_heads):
+    """minilm_relation with R fixed: a registry-shaped fn(feature_S, feature_T, mask=None)."""
+    return functools.partial(minilm_relation, num_relation_heads=num_relation_heads)
+
+
+# --------------------------------------------------------------------------- registries
+
+MATCH_LOSS_MAP = {
+    "attention_mse": att_mse_loss,
+    "attention_mse_sum": att_mse_sum_loss,
+    "attention_ce": att_ce_loss,
+    "attention_ce_mean": att_ce_mean_loss,
     "hidden_mse": hidden_mse,
-    "hidden_cos": cosine_hidden,
-    "attention_mse": attention_mse,
-    "attention_ce": attention_ce,
+    "cos": cosine_hidden,
     "pkd": pkd_loss,
+    "fsp": fsp_loss,
+    "gram": fsp_loss,
     "mmd": mmd_loss,
+    "nst": mmd_loss,
+    "minilm_attention": minilm_attention,
+    "minilm_relation": minilm_relation,  # 12 relation heads unless num_relation_heads= is given
 }
 
-
-def _parse_match(match):
-    """(s_layer, t_layer, name, weight[, proj]), or (name, s_layer, t_layer, weight[, proj])."""
-    if len(match) in (4, 5) and isinstance(match[2], str):
-        s_layer, t_layer, name, weight = match[:4]
-    elif len(match) in (4, 5) and isinstance(match[0], str):
-        name, s_layer, t_layer, weight = match[:4]
-    else:
-        raise ValueError(
-            f"intermediate match must be (student_layer, teacher_layer, loss_name, weight[, proj]);"
-            f" got {match!r}"
-        )
-    if name not in INTERMEDIATE_LOSSES:
-        raise ValueError(
-            f"unknown intermediate loss {name!r}; expected one of {list(INTERMEDIATE_LOSSES)}"
-        )
-    return s_layer, t_layer, name, weight
-
-
-def _project(h_BxTxDs, proj):
-    """Applies a student-side Linear: an array [Ds,Dt] or Dense params {'kernel', 'bias'?}."""
-    if isinstance(proj, dict):
-        out = h_BxTxDs @ proj["kernel"]
-        return out + proj["bias"] if proj.get("bias") is not None else out
-    return h_BxTxDs @ proj
-
-
-def intermediate_loss(student_aux, teacher_aux, matches, mask=None, projections=None):
-    """TextBrewer-style intermediate_matches; returns (sum_i weight_i * loss_i, {key: loss_i}).
-
-    aux dicts hold 'hidden_states' [L+1,B,T,D] (index 0 = embedding output) and 'attentions'
-    [L,B,H,T,T] (index l = layer l). Layer indices are Python ints (a pair of ints for 'mmd'
-    uses TextBrewer's two-layer Gram form). Attention losses index 'attentions', the others
-    'hidden_states'. If hidden sizes differ, `projections[i]` (TextBrewer's 'proj': a trainable
-    Linear owned by the student, [Ds,Dt] or {'kernel','bias'}) maps student states of match i to
-    the teacher size; a 5th match element (e.g. ('linear', Ds, Dt)) is a hint for whoever builds
-    those params and is ignored here. Per-match losses are reported unweighted.
-    """
-    projections = projections or {}
-    total, terms = jnp.zeros((), jnp.float32), {}
-    for i, match in enumerate(matches):
-        s_layer, t_layer, name, weight = _parse_match(match)
-        feature = "attentions" if name.startswith("attention") else "hidden_states"
-
-        s = _take(student_aux[feature], s_layer)
-        t = _take(teacher_aux[feature], t_layer)
-        if i in projections and feature == "hidden_states":
-            proj = projections[i]
-            s = tuple(_project(x, proj) for x in s) if isinstance(s, tuple) else _project(s, proj)
-        s_dim, t_dim = jax.tree.leaves(s)[0].shape[-1], jax.tree.leaves(t)[0].shape[-1]
-        if feature == "hidden_states" and name != "mmd" and s_dim != t_dim:
-            raise ValueError(
-                f"match {i} {match!r}: student hidden size {s_dim} != teacher {t_dim}; "
-                f"pass projections={{{i}: kernel_{s_dim}x{t_dim}}}"
-            )
-        value = INTERMEDIATE_LOSSES[name](s, t, mask)
-        key = f"{i}_{name}_s{_layer_str(s_layer)}_t{_layer_str(t_layer)}"
-        terms[key] = value
-        total = total + weight * value
-    return total, terms
-
-
-def _take(stack, layer):
-    """Layer `layer` of a stacked [L,...] array, or a tuple of layers for a pair of indices."""
-    return tuple(stack[j] for j in layer) if isinstance(layer, tuple | list) else stack[layer]
-
-
-def _layer_str(layer):
-    return "-".join(map(str, layer)) if isinstance(layer, tuple | list) else str(layer)
+KD_LOSS_MAP = {
+    "ce": kd_ce_loss,
+    "mse": kd_mse_loss,
+    "kl_t2": kd_kl_loss,  # DistilBERT / Hinton: KL(p_T || p_S) * T^2, batchmean over rows
+}
