@@ -9,11 +9,11 @@ CDR3s, so this shows the mechanics on real sequences rather than a repertoire-sc
 Expected on a 2-core CPU: a few minutes.
 """
 
-from configs import distill_common
+from configs import common
 
 
 def get_config():
-    c = distill_common.base()
+    c = common.base("general")
     c.teacher.path = "antiberty"
     c.student.layers = "every_other"
     c.data.corpus = "antibody_germlines"
@@ -22,7 +22,6 @@ def get_config():
     c.train.steps = 60
     c.train.batch_size = 16
     c.train.learning_rate = 3e-4
-    c.train.warmup_steps = 6
     c.train.checkpoint_every = 30
-    c.train.eval_batch_size = 32
+    c.eval.batch_size = 32
     return c

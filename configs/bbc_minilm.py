@@ -17,30 +17,33 @@ for the 6-layer model and its 3- and 2-layer slices (not run here: about an hour
 estimated from the step times).
 """
 
-from configs import finetune_common
+from configs import common
 
 
 def get_config(arg=None):
-    c = finetune_common.base()
+    c = common.base("task")
     c.data.dataset = "bbc_news"
     c.data.max_length = 128
     c.train.batch_size = 16  # 1,781 articles: 111 steps per epoch
     c.train.epochs = 2
-    c.train.eval_every = 37  # 3 evals per epoch
-    c.train.metric = "mcc"
-    c.train.patience = 3
+    c.eval.every = 37  # 3 evals per epoch
+    c.eval.metric = "mcc"
+    c.eval.patience = 3
     c.train.learning_rate = 1e-4
     if arg in ("distill", "baseline"):
-        c.model.layers = "every_other"
+        c.student.layers = "every_other"
         c.train.learning_rate = 2e-4
-        c.model.path = "teacher" if arg == "distill" else "all-MiniLM-L6-v2"
+        if arg == "distill":
+            c.student.init = "slice"
+        else:
+            c.distill.kd_loss_weight = 0.0
     elif arg == "compare":
         c.data.max_length = 256
         c.train.epochs = 5
-        c.train.eval_every = 50
+        c.eval.every = 50
         c.train.seed = 4
         c.train.learning_rate = 4e-5  # simpletransformers' default, used for every model
-        c.train.metric = "loss"  # the article stops early on the eval loss and reports MCC
+        c.eval.metric = "loss"  # the article stops early on the eval loss and reports MCC
         c.compare.plot_metric = "mcc"
         c.compare.models = (
             "MiniLM-L6=all-MiniLM-L6-v2;"

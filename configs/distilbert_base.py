@@ -10,11 +10,11 @@ extract_distilbert.py), no token types and no pooler, T = 2, alpha_ce/mlm/cos = 
 task fine-tuning. Not runnable offline (needs the Hub and a TFDS catalog corpus).
 """
 
-from configs import distill_common
+from configs import common
 
 
 def get_config():
-    c = distill_common.base()
+    c = common.base("general")
     c.teacher.path = "bert-base-uncased"
     c.teacher.dtype = "bfloat16"
     c.student.layers = [0, 2, 4, 7, 9, 11]
@@ -23,12 +23,11 @@ def get_config():
     c.data.heldout_split = "train[-1%:]"
     c.data.train_split = "train[:99%]"
     c.data.max_length = 512
-    c.distill.temperature = 2.0
-    c.distill.alpha_ce, c.distill.alpha_mlm, c.distill.alpha_cos = 5.0, 2.0, 1.0
+    c.distill.preset = "distilbert"  # T = 2, KL x T^2 x 5 + MLM x 2 + cosine x 1
     c.train.batch_size = 32
     c.train.accumulate = 128
     c.train.learning_rate = 5e-4
-    c.train.warmup_steps = 128 * 500
+    c.train.warmup_ratio = 500 / 60_000
     c.train.steps = 128 * 60_000
     c.train.dtype = "bfloat16"
     c.train.remat = "dots"
@@ -37,4 +36,5 @@ def get_config():
     c.train.weight_decay = 0.0
     c.train.checkpoint_every = 128 * 1000
     c.train.log_every = 128
+    c.eval.every = 128 * 5000
     return c

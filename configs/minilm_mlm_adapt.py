@@ -20,7 +20,6 @@ def get_config():
     c.train.trainable = ""  # everything
     c.train.steps = 160
     c.train.learning_rate = 2e-4
-    c.train.warmup_steps = 16
     c.train.checkpoint_every = 40
     c.distill.restrict_ce_to_mask = True
     c.distill.gather_masked = True

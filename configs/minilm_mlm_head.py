@@ -10,17 +10,15 @@ exported to ~/.cache/flaxdistil/teachers/all-MiniLM-L6-v2-mlm and its held-out m
 accuracy is printed and saved in the workdir's results.json.
 """
 
-from configs import distill_common
+from configs import common
 
 
 def get_config():
-    c = distill_common.base()
+    c = common.base("general")
     c.teacher.path = ""  # no teacher: plain MLM training of the head
     c.student.init = "pretrained"
     c.student.path = "minilm"  # resolved by flaxdistil.assets (the registry-shipped checkpoint)
-    c.distill.alpha_ce = 0.0
-    c.distill.alpha_cos = 0.0
-    c.distill.alpha_mlm = 1.0
+    c.distill.hard_label_weight = 1.0  # MLM only: no teacher, no KD, no matches
     c.data.max_length = 64
     c.data.mlm_smoothing = 0.0  # plain BERT masking: the teacher should model ordinary text
     c.data.max_heldout_docs = 150
@@ -28,7 +26,6 @@ def get_config():
     c.train.steps = 150
     c.train.batch_size = 32
     c.train.learning_rate = 3e-3
-    c.train.warmup_steps = 15
     c.train.checkpoint_every = 50
-    c.train.eval_batch_size = 64
+    c.eval.batch_size = 64
     return c

@@ -229,6 +229,7 @@ def minilm_mlm_teacher_dir() -> Path:
 # Short names that load_pretrained / configs accept in place of a path.
 CHECKPOINTS = {
     "minilm": minilm_dir,
+    "all-MiniLM-L6-v2": minilm_dir,
     "antiberty": antiberty_dir,
     "minilm-mlm": minilm_mlm_teacher_dir,
 }

@@ -67,7 +67,7 @@ def summary_row(entry: Entry, results: dict) -> dict:
         "params": results["params"],
         "wall_time_s": round(results["wall_time_s"], 1),
         "train_time_s": round(results["train_time_s"], 1),
-        "steps_to_best": results["steps_to_best"],
+        "steps_to_best": results["best_step"],
         "best_epoch": round(results["best_epoch"], 3),
         "steps_run": results["steps_run"],
         "stopped_early": results["stopped_early"],
@@ -78,13 +78,13 @@ def summary_row(entry: Entry, results: dict) -> dict:
     }
 
 
-def read_curve(progress_csv: Path, metric: str) -> tuple[list[int], list[float]]:
-    """(steps, eval metric) from a run's progress.csv."""
-    with Path(progress_csv).open() as f:
+def read_curve(eval_csv: Path, metric: str) -> tuple[list[int], list[float]]:
+    """(steps, eval metric) from a run's eval.csv."""
+    with Path(eval_csv).open() as f:
         rows = list(csv.DictReader(f))
     key = f"eval_{metric}"
     if rows and key not in rows[0]:
-        raise ValueError(f"{progress_csv} has no column {key!r}: {list(rows[0])}")
+        raise ValueError(f"{eval_csv} has no column {key!r}: {list(rows[0])}")
     return [int(float(r["step"])) for r in rows], [float(r[key]) for r in rows]
 
 
@@ -127,22 +127,22 @@ def write_report(rows: list[dict], curves: dict, out_dir, metric: str = "mcc") -
 
 
 def compare(cfg, workdir, entries: list[Entry] | None = None) -> list[dict]:
-    """Fine-tune every entry of cfg.compare.models with cfg (only model.path/layers change)."""
-    from flaxdistil.finetune import run_finetune
+    """Fine-tune every entry of cfg.compare.models with cfg (only student.path/layers change)."""
+    from flaxdistil.jobs import task
 
     entries = entries or parse_models(cfg.compare.models)
     workdir = Path(workdir)
     rows, curves = [], {}
-    metric = cfg.compare.get("plot_metric") or cfg.train.metric
+    metric = cfg.compare.get("plot_metric") or cfg.eval.metric
     for i, e in enumerate(entries):
         print(f"[{i + 1}/{len(entries)}] {e.name}: {e.path} {e.layers}".rstrip(), flush=True)
         c = cfg.copy_and_resolve_references()
         c.unlock()
-        c.model.path, c.model.layers = e.path, e.layers
+        c.student.init, c.student.path, c.student.layers = "pretrained", e.path, e.layers
         c.train.desc = e.name
-        results = run_finetune(c, workdir / e.name)
+        results = task.run(c, workdir / e.name)
         rows.append(summary_row(e, results))
-        curves[e.name] = read_curve(workdir / e.name / "progress.csv", metric)
+        curves[e.name] = read_curve(workdir / e.name / "eval.csv", metric)
     paths = write_report(rows, curves, workdir, metric)
     print(format_rows(rows), flush=True)
     print("wrote " + ", ".join(str(p) for p in paths), flush=True)

@@ -1,17 +1,16 @@
-"""Train state, optimizer and the pure step functions (jitted once by the caller).
+"""Train state, optimizer and the one pure step every job runs (jitted once by the caller).
 
-``distill_step(state, teacher_params, batch, rng, token_weights) -> (state, metrics)``: the
-teacher is an argument (never closed over, never donated, never saved) and runs under
-stop_gradient; masking happens inside the step so it is new at every step and reproducible from
-(rng, step). With every teacher weight at zero the step is plain MLM training (the no-teacher
-baseline, or fitting a head on a frozen encoder).
+``train_step(state, teacher_params, batch, rng, hparams, token_weights) -> (state, metrics)``:
+the teacher is an argument (never closed over, never donated, never saved) and runs under
+stop_gradient; for general distillation the MLM masking happens inside the step, so it is new at
+every step and reproducible from (rng, step). The loss is ``objective.compose``: hard labels,
+KD on logits, intermediate matches through trainable projections (``state.proj``). Without a
+teacher the step is plain fine-tuning / MLM training.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import math
 from typing import Any
 
 import flax
@@ -19,46 +18,17 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from flaxdistil import losses
-from flaxdistil.data.masking import mask_tokens
+from flaxdistil import objective as objectives
 from flaxdistil.models import Model
+from flaxdistil.objective import IGNORE_INDEX, Objective
 
 
 @flax.struct.dataclass
 class TrainState:
     step: jax.Array
-    params: Any
+    params: Any  # the student's
+    proj: Any  # intermediate-match projections {'m<i>': {'kernel', 'bias'}}: trained, saved
     opt_state: Any
-
-
-@dataclasses.dataclass(frozen=True)
-class DistillSpec:
-    """Static settings of the step (hashable: part of the compiled function's identity)."""
-
-    temperature: float = 2.0
-    alpha_ce: float = 5.0
-    alpha_mlm: float = 2.0
-    alpha_cos: float = 1.0
-    alpha_mse: float = 0.0
-    restrict_ce_to_mask: bool = False
-    # Run both MLM heads on the masked tokens only (a fixed number, masked_capacity) instead of
-    # all B*T: needs restrict_ce_to_mask, since the KL then sees only those rows.
-    gather_masked: bool = False
-    mlm_probability: float = 0.15
-    mask_token_id: int = 103
-    vocab_size: int = 30522
-    special_ids: tuple[int, ...] = (0, 100, 101, 102, 103)
-
-    def __post_init__(self):
-        if self.gather_masked and not self.restrict_ce_to_mask:
-            raise ValueError(
-                "gather_masked=True computes logits at masked tokens only, so the KL cannot cover "
-                "every non-pad token: set restrict_ce_to_mask=True as well"
-            )
-
-    @property
-    def needs_teacher(self) -> bool:
-        return any(a > 0 for a in (self.alpha_ce, self.alpha_cos, self.alpha_mse))
 
 
 # ---------------------------------------------------------------- optimizer
@@ -74,6 +44,18 @@ def decay_mask(params):
     return jax.tree_util.tree_map_with_path(keep, params)
 
 
+def lr_schedule(learning_rate: float, total_steps: int, warmup_steps: int):
+    """Linear warmup then linear decay to 0."""
+    warmup_steps = min(warmup_steps, max(total_steps - 1, 0))
+    return optax.join_schedules(
+        [
+            optax.linear_schedule(0.0, learning_rate, max(warmup_steps, 1)),
+            optax.linear_schedule(learning_rate, 0.0, max(total_steps - warmup_steps, 1)),
+        ],
+        [warmup_steps],
+    )
+
+
 def make_optimizer(
     *,
     learning_rate: float,
@@ -86,27 +68,40 @@ def make_optimizer(
     eps: float = 1e-6,
     accumulate: int = 1,
     trainable=None,
+    proj_lrs: dict | None = None,
 ) -> optax.GradientTransformation:
     """AdamW with linear warmup then linear decay to 0, global-norm clipping, decay on kernels and
     embeddings only, optional gradient accumulation over ``accumulate`` micro-batches, and an
-    optional ``trainable(path) -> bool`` that freezes the rest."""
-    warmup_steps = min(warmup_steps, max(total_steps - 1, 0))
-    schedule = optax.join_schedules(
-        [
-            optax.linear_schedule(0.0, learning_rate, max(warmup_steps, 1)),
-            optax.linear_schedule(learning_rate, 0.0, max(total_steps - warmup_steps, 1)),
-        ],
-        [warmup_steps],
-    )
+    optional ``trainable(path) -> bool`` that freezes the rest of the student.
+
+    Updates a ``{'params': student, 'proj': projections}`` tree; ``proj_lrs`` maps a projection
+    key to its own learning rate (TextBrewer's per-projection learning rate)."""
+    proj_lrs = proj_lrs or {}
+
+    def adamw(lr):
+        sched = lr_schedule(lr, total_steps, warmup_steps)
+        return optax.adamw(sched, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=decay_mask)
+
+    transforms = {"train": adamw(learning_rate), "freeze": optax.set_to_zero()}
+    transforms.update({f"proj:{k}": adamw(lr) for k, lr in proj_lrs.items()})
+
+    def label(tree):
+        def params_label(path, _):
+            return "train" if trainable is None or trainable(_path_str(path)) else "freeze"
+
+        def proj_label(path, _):
+            key = str(getattr(path[0], "key", path[0]))
+            return f"proj:{key}" if key in proj_lrs else "train"
+
+        return {
+            "params": jax.tree_util.tree_map_with_path(params_label, tree["params"]),
+            "proj": jax.tree_util.tree_map_with_path(proj_label, tree["proj"]),
+        }
+
     tx = optax.chain(
         optax.clip_by_global_norm(max_grad_norm) if max_grad_norm else optax.identity(),
-        optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=decay_mask),
+        optax.multi_transform(transforms, label),
     )
-    if trainable is not None:
-        labels = lambda p: jax.tree_util.tree_map_with_path(
-            lambda path, _: "train" if trainable(_path_str(path)) else "freeze", p
-        )
-        tx = optax.multi_transform({"train": tx, "freeze": optax.set_to_zero()}, labels)
     if accumulate > 1:
         tx = optax.MultiSteps(tx, every_k_schedule=accumulate)
     return tx
@@ -116,11 +111,10 @@ def _path_str(path) -> str:
     return "/".join(str(getattr(k, "key", k)) for k in path)
 
 
-def create_state(params, tx) -> TrainState:
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
-
-
-# ---------------------------------------------------------------- steps
+def create_state(params, tx, proj=None) -> TrainState:
+    proj = {} if proj is None else proj
+    opt_state = tx.init({"params": params, "proj": proj})
+    return TrainState(jnp.zeros((), jnp.int32), params, proj, opt_state)
 
 
 def _frozen(params, trainable):
@@ -132,116 +126,81 @@ def _frozen(params, trainable):
     )
 
 
-def masked_capacity(n_tokens: int, mlm_probability: float) -> int:
-    """Static row count of the gathered MLM head for a batch of ``n_tokens`` tokens.
-
-    The expected number of masked tokens plus 6 standard deviations, rounded up to a multiple of 8:
-    Bernoulli masking exceeds it with probability < 1e-9 (the excess would be dropped and counted
-    in the 'masked_dropped' metric); weighted masking selects exactly round(p * n) <= this.
-    """
-    p = mlm_probability
-    cap = p * n_tokens + 6 * math.sqrt(n_tokens * p * (1 - p)) + 1
-    return min(n_tokens, 8 * math.ceil(cap / 8))
+# ---------------------------------------------------------------- the step
 
 
-def masked_rows(labels_BxT, mlm_probability: float):
-    """(flat positions [N], their labels [N] with -100 in unused slots, masked count)."""
-    flat = labels_BxT.reshape(-1)
-    selected = flat != losses.IGNORE_INDEX
-    n = masked_capacity(flat.size, mlm_probability)
-    (positions,) = jnp.nonzero(selected, size=n, fill_value=0)
-    count = selected.sum()
-    head_labels = jnp.where(jnp.arange(n) < count, flat[positions], losses.IGNORE_INDEX)
-    return positions, head_labels, count
+def _inputs(batch: dict):
+    return batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids")
 
 
-def corrupt(spec: DistillSpec, rng, batch: dict, token_weights=None):
-    """The step's dynamic MLM masking with the spec's token ids: (masked ids, labels)."""
-    return mask_tokens(
-        rng,
-        batch["input_ids"],
-        batch["attention_mask"],
-        special_ids=spec.special_ids,
-        mask_token_id=spec.mask_token_id,
-        vocab_size=spec.vocab_size,
-        mlm_probability=spec.mlm_probability,
-        token_weights=token_weights,
-    )
-
-
-def distill_step(
+def train_step(
     state: TrainState,
     teacher_params,
     batch: dict,
     rng: jax.Array,
-    token_weights,
+    hparams: dict,
+    token_weights=None,
     *,
+    obj: Objective,
     student: Model,
     teacher: Model | None,
-    spec: DistillSpec,
     tx,
     trainable=None,
 ):
     rng = jax.random.fold_in(rng, state.step)
     mask_rng, dropout_rng = jax.random.split(rng)
-    ids, labels = corrupt(spec, mask_rng, batch, token_weights)
-    mask = batch["attention_mask"]
-    want_hidden = spec.alpha_cos > 0
-    positions, head_labels = None, labels
-    if spec.gather_masked:
-        positions, head_labels, n_masked = masked_rows(labels, spec.mlm_probability)
-    t_out = {}
-    if spec.needs_teacher:
-        t_logits, t_aux = teacher.apply(
-            {"params": teacher_params}, ids, mask, masked_positions=positions
+    ids, mask, types = _inputs(batch)
+    labels, positions, extra = batch.get("labels"), None, {}
+    if obj.task == "mlm":
+        ids, labels = objectives.corrupt(obj, mask_rng, batch, token_weights)
+        extra["masked_tokens"] = (labels != IGNORE_INDEX).sum()
+        if obj.gather_masked:
+            positions, labels, n_masked = objectives.masked_rows(labels, obj.mlm_probability)
+            extra["masked_dropped"] = n_masked - (labels != IGNORE_INDEX).sum()
+    head_kw = {"masked_positions": positions} if obj.task == "mlm" else {}
+    t_out = None
+    if obj.needs_teacher:
+        t_out = teacher.apply(
+            {"params": teacher_params}, ids, mask, types, **head_kw, **obj.outputs("T")
         )
-        t_out = jax.lax.stop_gradient(
-            {"logits": t_logits.astype(jnp.float32), "hidden": t_aux["last_hidden_state"]}
-        )
+        t_out = jax.lax.stop_gradient(jax.tree.map(lambda x: x.astype(jnp.float32), t_out))
 
-    def loss_fn(params):
-        logits, aux = student.apply(
-            {"params": _frozen(params, trainable)},
+    def loss_fn(trained):
+        s_out = student.apply(
+            {"params": _frozen(trained["params"], trainable)},
             ids,
             mask,
+            types,
             train=True,
             rngs={"dropout": dropout_rng},
-            masked_positions=positions,
+            **head_kw,
+            **obj.outputs("S"),
         )
-        s_out = {"logits": logits, "hidden": aux["last_hidden_state"] if want_hidden else None}
-        total, terms = losses.distil_loss(
-            s_out,
-            t_out or {"logits": logits, "hidden": None},
-            {"attention_mask": mask, "labels": head_labels},
-            temperature=spec.temperature,
-            alpha_ce=spec.alpha_ce,
-            alpha_mlm=spec.alpha_mlm,
-            alpha_cos=spec.alpha_cos,
-            alpha_mse=spec.alpha_mse,
-            restrict_ce_to_mask=spec.restrict_ce_to_mask,
+        total, terms = objectives.compose(
+            obj, s_out, t_out, batch, labels, trained["proj"], hparams, state.step
         )
-        return total, (terms, _mlm_accuracy(logits, head_labels))
+        if obj.task == "mlm":
+            terms["mlm_accuracy"] = mlm_accuracy(s_out[0], labels)
+        return total, terms
 
-    (_, (terms, acc)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    trained = {"params": state.params, "proj": state.proj}
+    (_, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(trained)
+    updates, opt_state = tx.update(grads, state.opt_state, trained)
+    new = optax.apply_updates(trained, updates)
     metrics = {
         **terms,
-        "mlm_accuracy": acc,
+        **extra,
         "grad_norm": optax.tree.norm(grads),
-        "param_norm": optax.tree.norm(params),
-        "masked_tokens": (labels != losses.IGNORE_INDEX).sum(),
+        "param_norm": optax.tree.norm(new["params"]),
         "tokens": mask.sum(),
     }
-    if spec.gather_masked:
-        metrics["masked_dropped"] = n_masked - (head_labels != losses.IGNORE_INDEX).sum()
-    return TrainState(state.step + 1, params, opt_state), metrics
+    return TrainState(state.step + 1, new["params"], new["proj"], opt_state), metrics
 
 
-def _mlm_accuracy(logits, labels):
+def mlm_accuracy(logits, labels):
     """Share of selected tokens whose label is argmax(logits), the first maximum on ties, found
     with a max and a sum: XLA:CPU's argmax over a vocabulary (a variadic reduce) is ~15x slower."""
-    sel = labels != losses.IGNORE_INDEX
+    sel = labels != IGNORE_INDEX
     label = jnp.where(sel, labels, 0)[..., None]
     top = logits.max(-1, keepdims=True)
     is_top = logits == top
@@ -250,28 +209,10 @@ def _mlm_accuracy(logits, labels):
     return hit.sum() / jnp.maximum(sel.sum(), 1)
 
 
-def mlm_eval_step(params, batch: dict, rng: jax.Array, *, model: Model, spec: DistillSpec):
-    """Summed MLM loss / hits / count on a batch with fixed masking (rng given per batch)."""
-    ids, labels = corrupt(spec, rng, batch)
-    # The vocabulary projection only at masked tokens: the eval cost of the head drops ~7x.
-    positions, labels, _ = masked_rows(labels, spec.mlm_probability)
-    logits, _ = model.apply(
-        {"params": params}, ids, batch["attention_mask"], masked_positions=positions
-    )
-    sel = labels != losses.IGNORE_INDEX
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
-    nll = -jnp.take_along_axis(logp, jnp.where(sel, labels, 0)[..., None], -1)[..., 0]
-    return {
-        "nll_sum": jnp.where(sel, nll, 0).sum(),
-        "hits": ((jnp.argmax(logits, -1) == labels) & sel).sum(),
-        "count": sel.sum(),
-    }
-
-
-def jit_distill_step(
-    student,
-    teacher,
-    spec,
+def jit_train_step(
+    obj: Objective,
+    student: Model,
+    teacher: Model | None,
     tx,
     mesh,
     state_sharding,
@@ -284,13 +225,31 @@ def jit_distill_step(
     from flaxdistil import sharding as shd
 
     fn = functools.partial(
-        distill_step, student=student, teacher=teacher, spec=spec, tx=tx, trainable=trainable
+        train_step, obj=obj, student=student, teacher=teacher, tx=tx, trainable=trainable
     )
     rep = shd.replicated(mesh)
     return jax.jit(
         fn,
-        in_shardings=(state_sharding, teacher_sharding, shd.batch_sharding(mesh), rep, rep),
+        in_shardings=(state_sharding, teacher_sharding, shd.batch_sharding(mesh), rep, rep, rep),
         out_shardings=(state_sharding, rep),
         donate_argnums=(0,),
         compiler_options=compiler_options,
     )
+
+
+def mlm_eval_step(params, batch: dict, rng: jax.Array, *, model: Model, obj: Objective):
+    """Summed MLM loss / hits / count on a batch with fixed masking (rng given per batch)."""
+    ids, labels = objectives.corrupt(obj, rng, batch)
+    # The vocabulary projection only at masked tokens: the eval cost of the head drops ~7x.
+    positions, labels, _ = objectives.masked_rows(labels, obj.mlm_probability)
+    logits, _ = model.apply(
+        {"params": params}, ids, batch["attention_mask"], masked_positions=positions
+    )
+    sel = labels != IGNORE_INDEX
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
+    nll = -jnp.take_along_axis(logp, jnp.where(sel, labels, 0)[..., None], -1)[..., 0]
+    return {
+        "nll_sum": jnp.where(sel, nll, 0).sum(),
+        "hits": ((jnp.argmax(logits, -1) == labels) & sel).sum(),
+        "count": sel.sum(),
+    }

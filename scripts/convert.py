@@ -19,6 +19,7 @@ from flax import serialization
 
 from flaxdistil.hf import TOKENIZER_FILES, load_pretrained, save_pretrained
 from flaxdistil.models import HEADS, Model, ModelConfig
+from flaxdistil.runner import user_errors
 
 SENTENCES = ["The cat sat on the mat.", "Distillation keeps most of the teacher's accuracy."]
 TOL = 1e-4
@@ -95,4 +96,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with user_errors():
+        sys.exit(main())

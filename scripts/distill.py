@@ -1,7 +1,7 @@
-"""General distillation (DistilBERT's triple loss) from a config file.
+"""General (masked-LM) distillation from a config file; DistilBERT's triple loss by default.
 
     python scripts/distill.py --config configs/minilm_l3.py --workdir workdirs/minilm_l3 \
-        [--config.train.steps=200 ...]
+        [--config.train.steps=200 --config.distill.preset=minilm ...]
 
 Resumes from the newest checkpoint in --workdir. An unknown --config.* key is an error.
 """
@@ -11,23 +11,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # configs/ imports its siblings
 
-from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from flaxdistil import distill, sharding  # noqa: E402
-from flaxdistil.cli import user_errors  # noqa: E402
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<name>.py", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "output directory (checkpoints, logs, export)")
-flags.mark_flags_as_required(["config", "workdir"])
-
-
-def main(argv):
-    del argv
-    sharding.maybe_initialize_distributed()
-    with user_errors():
-        distill.run(_CONFIG.value, _WORKDIR.value)
-
+from flaxdistil import runner  # noqa: E402
+from flaxdistil.jobs import general  # noqa: E402
 
 if __name__ == "__main__":
-    app.run(main)
+    runner.run(general.run)

@@ -1,10 +1,11 @@
 """Fit an MLM head on a frozen encoder and install the result as a distillation teacher.
 
     python scripts/fit_mlm_head.py --config configs/minilm_mlm_head.py \
-        --workdir workdirs/minilm_head
+        --workdir workdirs/minilm_head [--install_to DIR]
 
-The run itself is the distillation job with no teacher and only `mlm/` params trainable; the
-exported model is copied to ~/.cache/flaxdistil/teachers/all-MiniLM-L6-v2-mlm (--install_to).
+The run itself is the general-distillation job with no teacher and only `mlm/` params trainable;
+the exported model is copied to ~/.cache/flaxdistil/teachers/all-MiniLM-L6-v2-mlm (--install_to),
+what the short name 'minilm-mlm' resolves to.
 """
 
 import os
@@ -15,27 +16,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from flaxdistil import assets, distill  # noqa: E402
-from flaxdistil.cli import user_errors  # noqa: E402
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<name>.py", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "output directory")
-_INSTALL = flags.DEFINE_string(
-    "install_to",
-    str(assets.cache_dir() / "teachers" / "all-MiniLM-L6-v2-mlm"),
-    "where the fitted teacher goes (what the short name 'minilm-mlm' resolves to)",
-)
-flags.mark_flags_as_required(["config", "workdir"])
+from flaxdistil import assets, runner  # noqa: E402
+from flaxdistil.jobs import general  # noqa: E402
 
 
-def main(argv):
-    del argv
-    with user_errors():
-        results = distill.run(_CONFIG.value, _WORKDIR.value)
-    dest = Path(_INSTALL.value)
+def fit_and_install(cfg, workdir, install_to):
+    results = general.run(cfg, workdir)
+    dest = Path(install_to)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".teacher-", dir=dest.parent))
     shutil.copytree(results["exported_to"], tmp, dirs_exist_ok=True)
@@ -47,4 +34,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    default = str(assets.cache_dir() / "teachers" / "all-MiniLM-L6-v2-mlm")
+    runner.run(fit_and_install, flags={"install_to": default})

@@ -1,119 +1,98 @@
-"""Deterministic, resumable, length-grouped batches of token sequences.
+"""Deterministic, resumable, length-grouped batches: the one batch planner and padder.
 
-Each epoch: a permutation seeded by ``(seed, epoch)``; the permuted indices are cut into groups of
-``group_batches`` batches, sorted by length inside each group (as HF distillation's
-``group_by_size``), cut into batches, and the batch order is shuffled. Each batch is padded to a
-bucket length (a multiple of ``bucket_multiple``, or the smallest of ``buckets`` that fits), so
-the jitted step sees few distinct shapes.
+Rows live in an ``Encoded`` (flat token ids + per-row lengths, see data/tasks.py): a tokenised
+corpus for general distillation and a task split alike. Each epoch is a permutation seeded by
+``(seed, epoch)``, cut into groups of ``group_batches`` batches that are sorted by length inside
+(HF distillation's ``group_by_size``), cut into batches, and the batch order shuffled. Each batch
+is padded to its longest row rounded up to ``pad_multiple`` (``collate``), so the jitted step
+sees few distinct shapes while short batches stay cheap.
 
-The last, partial batch of an epoch is dropped by default (``drop_last=True``): every batch then
-has ``batch_size`` rows, which a data-parallel mesh needs (checking that ``batch_size`` divides by
-the device count is the caller's job). With ``drop_last=False`` it is filled with empty rows
-(all [PAD], ``attention_mask`` 0) so the shape still holds and every sequence is seen once.
+Training drops an epoch's last partial batch (``drop_last=True``): every batch then has
+``batch_size`` rows, which a data-parallel mesh needs. Evaluation (``eval_batches``) sees every
+row once, in length order, the last batch filled with empty rows so the shape holds.
 
-The position is ``state_dict() -> {'epoch', 'index', 'seed'}``; ``load_state_dict`` restores it,
-after which the iterator yields exactly the batches it would have yielded.
+The position is ``state_dict() -> {'epoch', 'index', 'seed'}``; after ``load_state_dict`` the
+iterator yields exactly the batches it would have yielded.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 
+from flaxdistil.data.tasks import Encoded, collate
 
-class LengthGroupedBatches:
+
+def fill_rows(batch: dict, rows: int, pad_id: int, token_level: bool) -> dict:
+    """Append empty rows (pad ids, mask 0, ignored labels) up to ``rows``: one compiled shape."""
+    n = len(batch["input_ids"])
+    if n >= rows:
+        return batch
+    fill = {"input_ids": pad_id, "labels": -100 if token_level else 0}
+    return {
+        k: np.concatenate([v, np.full((rows - n, *v.shape[1:]), fill.get(k, 0), v.dtype)])
+        for k, v in batch.items()
+    }
+
+
+class Batches:
     def __init__(
         self,
-        sequences: Sequence[np.ndarray],
+        encoded: Encoded,
         batch_size: int,
         seed: int = 0,
         pad_id: int = 0,
-        bucket_multiple: int = 32,
-        buckets: Sequence[int] | None = None,
-        group_batches: int = 100,
-        drop_last: bool = True,
-        special_ids: Sequence[int] | None = None,
+        pad_multiple: int = 32,
+        group_batches: int = 50,
+        group_by_length: bool = True,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
-        if drop_last and len(sequences) < batch_size:
-            raise ValueError(f"{len(sequences)} sequences make no full batch of {batch_size}")
-        self.sequences = sequences
-        self.lengths = np.array([len(s) for s in sequences], dtype=np.int64)
-        self.batch_size = batch_size
-        self.seed = seed
-        self.pad_id = pad_id
-        self.bucket_multiple = bucket_multiple
-        self.buckets = sorted(buckets) if buckets else None
-        if self.buckets and self.lengths.max() > self.buckets[-1]:
+        if len(encoded) < batch_size:
             raise ValueError(
-                f"a sequence of {self.lengths.max()} exceeds the largest bucket {self.buckets[-1]}"
+                f"{len(encoded)} training examples make no full batch of {batch_size}: "
+                "lower train.batch_size or add data"
             )
-        self.group_batches = group_batches
-        self.drop_last = drop_last
-        self.special_ids = None if special_ids is None else np.asarray(special_ids)
-        self.epoch = 0
-        self.index = 0
+        self.encoded, self.batch_size, self.seed = encoded, batch_size, seed
+        self.pad_id, self.pad_multiple = pad_id, pad_multiple
+        self.group_batches = group_batches if group_by_length else 0
+        self.epoch = self.index = 0
         self._plan_epoch: int | None = None
-        self._plan: list[np.ndarray] = []
+        self._plan: np.ndarray | None = None
 
     def __len__(self) -> int:
-        """Batches per epoch."""
-        n = len(self.sequences)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        """Full batches per epoch."""
+        return len(self.encoded) // self.batch_size
 
-    def epoch_plan(self, epoch: int) -> list[np.ndarray]:
-        """Sequence indices of every batch of ``epoch`` (a function of seed and epoch only)."""
+    def epoch_plan(self, epoch: int) -> np.ndarray:
+        """[batches, batch_size] row indices of ``epoch`` (a function of seed and epoch only)."""
         if self._plan_epoch != epoch:
             rng = np.random.default_rng([self.seed, epoch])
-            order = rng.permutation(len(self.sequences))
-            group = self.group_batches * self.batch_size
-            batches = []
-            for start in range(0, len(order), group):
-                chunk = order[start : start + group]
-                chunk = chunk[np.argsort(self.lengths[chunk], kind="stable")]
-                batches += [
-                    chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)
-                ]
-            # Only the very last batch can be partial (groups are whole batches).
-            if self.drop_last and len(batches[-1]) < self.batch_size:
-                batches.pop()
-            self._plan = [batches[i] for i in rng.permutation(len(batches))]
-            self._plan_epoch = epoch
+            order = rng.permutation(len(self.encoded))[: len(self) * self.batch_size]
+            if self.group_batches:
+                lengths, chunk = self.encoded.lengths, self.group_batches * self.batch_size
+                parts = [order[i : i + chunk] for i in range(0, len(order), chunk)]
+                order = np.concatenate([p[np.argsort(lengths[p], kind="stable")] for p in parts])
+            plan = order.reshape(-1, self.batch_size)
+            self._plan, self._plan_epoch = plan[rng.permutation(len(plan))], epoch
         return self._plan
 
-    def bucket_length(self, longest: int) -> int:
-        if self.buckets:
-            return next(b for b in self.buckets if b >= longest)
-        return -(-longest // self.bucket_multiple) * self.bucket_multiple
-
     def make_batch(self, indices: np.ndarray) -> dict[str, np.ndarray]:
-        length = self.bucket_length(int(self.lengths[indices].max()))
-        ids = np.full((self.batch_size, length), self.pad_id, dtype=np.int32)
-        mask = np.zeros((self.batch_size, length), dtype=np.int32)
-        for row, i in enumerate(indices):
-            n = self.lengths[i]
-            ids[row, :n] = self.sequences[i]
-            mask[row, :n] = 1
-        batch = {"input_ids": ids, "attention_mask": mask}
-        if self.special_ids is not None:
-            batch["special_tokens_mask"] = (np.isin(ids, self.special_ids) | (mask == 0)).astype(
-                np.int32
-            )
-        return batch
+        return collate(self.encoded, indices, self.pad_id, self.pad_multiple)
 
     def __iter__(self):
         return self
 
     def __next__(self) -> dict[str, np.ndarray]:
-        plan = self.epoch_plan(self.epoch)
-        if self.index >= len(plan):
+        if self.index >= len(self):
             self.epoch, self.index = self.epoch + 1, 0
-            plan = self.epoch_plan(self.epoch)
-        batch = self.make_batch(plan[self.index])
+        batch = self.make_batch(self.epoch_plan(self.epoch)[self.index])
         self.index += 1
         return batch
+
+    @property
+    def epoch_done(self) -> bool:
+        """True right after the last batch of an epoch was produced."""
+        return self.index >= len(self)
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": int(self.epoch), "index": int(self.index), "seed": int(self.seed)}
@@ -122,3 +101,13 @@ class LengthGroupedBatches:
         if int(state["seed"]) != self.seed:
             self.seed, self._plan_epoch = int(state["seed"]), None
         self.epoch, self.index = int(state["epoch"]), int(state["index"])
+
+
+def eval_batches(encoded: Encoded, batch_size: int, pad_id: int = 0, pad_multiple: int = 16):
+    """(row indices, batch) covering every row once, in length order (little padding), each
+    batch filled to ``batch_size`` rows; the indices say which rows are real."""
+    order = np.argsort(encoded.lengths, kind="stable")
+    for i in range(0, len(order), batch_size):
+        idx = order[i : i + batch_size]
+        batch = collate(encoded, idx, pad_id, pad_multiple)
+        yield idx, fill_rows(batch, batch_size, pad_id, encoded.token_level)

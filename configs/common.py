@@ -1,0 +1,124 @@
+"""The fields every config has, by role, for both jobs: ``base('general')`` (masked-LM
+distillation, scripts/distill.py) and ``base('task')`` (fine-tuning / task distillation,
+scripts/finetune.py, scripts/distill_task.py, scripts/compare_models.py).
+
+Loss names are TextBrewer's (DistillationConfig); the Hugging Face distillation project's map:
+alpha_ce = distill.kd_loss_weight with kd_loss_type 'kl_t2', alpha_mlm = distill.hard_label_weight
+(general distillation: the hard label is the masked token), alpha_cos = an intermediate match
+{'layer_T': -1, 'layer_S': -1, 'feature': 'hidden', 'loss': 'cos', 'weight': alpha_cos}
+(``distill.preset='distilbert'`` sets all three). Model fields themselves are HF config names.
+"""
+
+import ml_collections
+
+GENERAL_DATA = dict(
+    corpus="english_corpus",  # one of our TFDS builders, a TFDS catalog name, or a .txt file
+    train_split="train",
+    heldout_split="heldout",
+    max_length=128,
+    mlm_smoothing=0.7,  # HF distillation's frequency smoothing (0 = uniform masking)
+    max_train_docs=0,  # 0 = all
+    max_heldout_docs=0,
+)
+
+TASK_DATA = dict(
+    dataset="movie_snippets",  # our TFDS builder (movie_snippets, bbc_news, brown_pos) or a
+    # TFDS catalog name (glue/sst2, ag_news_subset, imdb_reviews, conll2003, ...)
+    task="classification",  # classification | regression | multilabel |
+    # token_classification | qa  (movie_snippets: classification or regression)
+    train_file="",  # local CSV/TSV/JSONL/SQuAD JSON instead of data.dataset
+    validation_file="",  # missing validation/test parts are carved from train_file
+    test_file="",
+    format="auto",  # auto (by suffix) | ag_news (class, title, description) | squad
+    text_column="text",
+    text_pair_column="",
+    label_column="label",
+    label_names="",  # comma-separated, for local files
+    num_labels=0,
+    heldout_fraction=0.1,  # of train_file per missing split
+    split_seed=0,
+    train_split="train",  # TFDS catalog split names
+    validation_split="validation",
+    test_split="test",
+    max_length=128,
+    doc_stride=128,  # QA: overlap between windows of a long context
+    max_train_examples=0,  # 0 = all
+    max_eval_examples=0,
+    cache_dir="",  # tokenisation cache ("" = <flaxdistil cache>/task_tokens)
+)
+
+
+def base(job: str) -> ml_collections.ConfigDict:
+    if job not in ("general", "task"):
+        raise ValueError(f"job must be 'general' or 'task', got {job!r}")
+    general = job == "general"
+    c = ml_collections.ConfigDict()
+    # A HF dir, Hub id or asset name ('minilm', 'minilm-mlm', 'antiberty', 'all-MiniLM-L6-v2');
+    # for a task, a fine-tuned model of that task. dtype bfloat16 halves its memory.
+    c.teacher = dict(path="", dtype="float32")
+    c.student = dict(
+        init="slice" if general else "pretrained",  # slice (teacher layers) | pretrained | random
+        path="" if general else "all-MiniLM-L6-v2",  # for init=pretrained (or random's base)
+        layers="",  # "" = all (slice: every_other); every_other | first | last | uniform | "0,2,4"
+        num_layers=0,  # for first / last / uniform
+        distilbert_style=False,  # drop token types + pooler (exports as DistilBERT)
+        preset="",  # for init=random: T6, T3, T3-small, T4-tiny, T12-nano (TextBrewer's shapes)
+        fields={},  # for init=random: HF config fields overriding the preset
+    )
+    c.data = GENERAL_DATA if general else TASK_DATA
+    # General distillation defaults to DistilBERT's triple loss (T=2, alpha_ce/mlm/cos 5/2/1).
+    cos = {"layer_T": -1, "layer_S": -1, "feature": "hidden", "loss": "cos", "weight": 1.0}
+    c.distill = dict(
+        preset="",  # distilbert | tinybert | pkd | minilm | minilmv2 | L4t_hidden_mse | ...
+        temperature=2.0,
+        temperature_scheduler="constant",  # constant | ['flsw', beta, gamma] | ['cwsm', beta]
+        hard_label_weight=2.0 if general else 1.0,  # gold labels (general: the masked tokens)
+        hard_label_weight_scheduler="constant",  # constant | linear_decay | linear_growth
+        kd_loss_type="kl_t2",  # ce | mse (TextBrewer's) | kl_t2 (DistilBERT's KL x T^2)
+        kd_loss_weight=5.0 if general else 1.0,
+        kd_loss_weight_scheduler="constant",
+        # [{'layer_T': 4, 'layer_S': 1, 'feature': 'hidden', 'loss': 'hidden_mse',
+        #   'weight': 1, 'proj': ['linear', 312, 768]}, ...]: see flaxdistil/matches.py
+        intermediate_matches=[cos] if general else [],
+        # general distillation only
+        mlm_probability=0.15,
+        restrict_ce_to_mask=False,  # KD on masked tokens only (else every non-pad token)
+        gather_masked=False,  # MLM heads at masked tokens only (needs restrict_ce_to_mask)
+    )
+    c.train = dict(
+        seed=56 if general else 4,
+        steps=1000 if general else 0,  # 0 = epochs x steps per epoch
+        epochs=1 if general else 3,
+        batch_size=32,  # per optimizer micro-step, over all devices
+        accumulate=1,  # gradient accumulation: effective batch = batch_size x accumulate
+        learning_rate=5e-4 if general else 5e-5,
+        warmup_ratio=0.1,  # of the optimizer steps
+        weight_decay=0.0 if general else 0.01,
+        max_grad_norm=5.0 if general else 1.0,
+        dtype="float32",  # compute dtype; params stay float32
+        remat="",  # "" (off), none, dots, dots_no_batch
+        # einsum | fused (jax.nn.dot_product_attention: cuDNN flash attention on GPU in bf16;
+        # right-padded masks, as the batches here are). Attention matches need einsum.
+        attention_impl="einsum",
+        trainable="",  # comma-separated param path prefixes to train ("" = all)
+        group_by_length=True,  # sort within chunks of 50 batches: less padding
+        pad_multiple=32,  # batch widths are multiples of this (few compiled shapes)
+        log_every=10,
+        checkpoint_every=200 if general else 100,  # full state + data position; 0 = end only
+        desc="",  # progress-bar label
+    )
+    c.eval = dict(
+        every=0 if general else 100,  # steps; 0 = none besides epoch ends and the last step
+        at_epoch_end=not general,
+        batch_size=64,
+        metric="mlm_loss" if general else "mcc",  # early stopping / best: an eval metric
+        mode="auto",  # auto (min for *loss / mse) | min | max
+        patience=0 if general else 3,  # evals without improvement; 0 = never stop early
+        min_delta=0.0,
+    )
+    c.export = dict(hf=True, check=not general)  # to <workdir>/best_hf or student_hf
+    c.mesh = dict(fsdp=1)
+    if not general:
+        # scripts/compare_models.py: 'name=path[@layers];...' trained with this same config
+        c.compare = dict(models="", plot_metric="mcc")
+    return c

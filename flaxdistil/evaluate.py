@@ -1,0 +1,86 @@
+"""Evaluation of a model on held-out data: task metrics (``metrics.compute``) and MLM metrics.
+
+The same distance the task trains on (its hard loss) is reported as 'loss' beside the metrics.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from flaxdistil import metrics, objective, train
+from flaxdistil.data.batching import eval_batches
+from flaxdistil.models import Model
+
+
+def make_forward(model: Model):
+    return jax.jit(lambda p, ids, mask, types: model.apply({"params": p}, ids, mask, types)[0])
+
+
+def predict(forward, params, encoded, batch_size: int, pad_id: int = 0) -> list[np.ndarray]:
+    """Per-example outputs in the original order; token-level outputs are cut to each row's own
+    length (a batch pads them to its widest row)."""
+    outs: list = [None] * len(encoded)
+    for idx, batch in eval_batches(encoded, batch_size, pad_id):
+        logits = np.asarray(jax.device_get(forward(params, *train._inputs(batch))))
+        for r, j in enumerate(idx):
+            outs[j] = logits[r]
+    return outs
+
+
+def _pad_rows(rows: list[np.ndarray], width: int, value) -> np.ndarray:
+    pad = lambda r: np.pad(
+        r, [(0, width - len(r))] + [(0, 0)] * (r.ndim - 1), constant_values=value
+    )
+    return np.stack([pad(r) for r in rows])
+
+
+def token_level_arrays(outs, encoded):
+    """(logits [N, W, C], labels [N, W]) with each row cut to its length and both padded to
+    the same width W (labels with -100), whatever the batch widths were."""
+    lengths, offsets = encoded.lengths, encoded.offsets
+    rows = [o[:n] for o, n in zip(outs, lengths)]
+    labels = [encoded.labels[offsets[i] : offsets[i + 1]] for i in range(len(encoded))]
+    width = int(lengths.max())
+    return _pad_rows(rows, width, 0.0), _pad_rows(labels, width, objective.IGNORE_INDEX)
+
+
+def evaluate_task(forward, params, data, split: str, *, batch_size: int = 64, pad_id: int = 0):
+    """``metrics.compute``'s metrics for the task, plus 'loss' (the hard loss; not for QA)."""
+    task, encoded = data.spec.task_type, data.splits[split]
+    outs = predict(forward, params, encoded, batch_size, pad_id)
+    if task == "qa":
+        from flaxdistil.data.qa import postprocess_predictions
+
+        examples, features = data.qa_eval[split]
+        x = _pad_rows(outs, max(len(o) for o in outs), objective._NEG)
+        answers = postprocess_predictions(examples, features, x[..., 0], x[..., 1])
+        refs = {ex["id"]: ex["answers"]["text"] for ex in examples}
+        return metrics.compute("qa", answers, refs)
+    if encoded.token_level:
+        logits, labels = token_level_arrays(outs, encoded)
+    else:
+        logits, labels = np.stack(outs), encoded.labels
+    loss = float(objective.hard_loss(jnp.asarray(logits), jnp.asarray(labels), task))
+    preds = logits[:, 0] if task == "regression" else logits
+    return {"loss": loss, **metrics.compute(task, preds, labels, data.spec.label_names)}
+
+
+def evaluate_mlm(model: Model, params, encoded, obj, batch_size: int, pad_id: int) -> dict:
+    """Held-out MLM loss / accuracy / perplexity with masks fixed by a seed per batch, so every
+    model scored on the same data sees identical corruptions."""
+    step = jax.jit(lambda p, b, r: train.mlm_eval_step(p, b, r, model=model, obj=obj))
+    tot = {"nll_sum": 0.0, "hits": 0, "count": 0}
+    for i, (_, batch) in enumerate(eval_batches(encoded, batch_size, pad_id, pad_multiple=32)):
+        batch = {k: batch[k] for k in ("input_ids", "attention_mask")}
+        out = jax.device_get(step(params, batch, jax.random.key(10_000 + i)))
+        for k in tot:
+            tot[k] += float(out[k])
+    loss = tot["nll_sum"] / max(tot["count"], 1)
+    return {
+        "mlm_loss": loss,
+        "mlm_accuracy": tot["hits"] / max(tot["count"], 1),
+        "perplexity": float(np.exp(min(loss, 50.0))),
+        "masked_tokens": int(tot["count"]),
+    }

@@ -1,0 +1,228 @@
+"""What both jobs set up the same way: tokenizer, teacher, student, objective, optimizer, step.
+
+Config fields by role (configs/common.py documents each): ``teacher.*`` (path, dtype),
+``student.*`` (init slice | pretrained | random, path, layers, distilbert_style, preset, fields),
+``distill.*`` (TextBrewer's names), ``train.*``, ``eval.*``, ``export.*``, ``mesh.*``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from flaxdistil import hf, matches, objective, sharding, train
+from flaxdistil import student as students
+from flaxdistil.data import text_pipeline
+from flaxdistil.models import Model
+
+
+@dataclasses.dataclass
+class Engine:
+    """The compiled step and everything it is called with."""
+
+    state: train.TrainState
+    step_fn: object
+    teacher_params: object
+    hparams: dict
+    mesh: object
+    obj: objective.Objective
+
+
+def load_tokenizer(cfg):
+    """The tokenizer of the model the student comes from (the teacher's when sliced from it)."""
+    s = cfg.student
+    path = cfg.teacher.path if s.init == "slice" or not s.path else s.path
+    if not path:
+        raise ValueError("set teacher.path or student.path: no model to take the tokenizer from")
+    return text_pipeline.load_tokenizer(hf.resolve(path))
+
+
+def load_teacher(cfg, head: str, **head_fields) -> hf.Pretrained | None:
+    """The teacher with a trained ``head`` (a random one would teach noise), or None."""
+    if not cfg.teacher.path:
+        return None
+    teacher = hf.load_pretrained(cfg.teacher.path, head, **head_fields)
+    if teacher.report.new_init:
+        hint = "fit one with scripts/fit_mlm_head.py" if head == "mlm" else "fine-tune it first"
+        raise ValueError(
+            f"teacher {cfg.teacher.path} has no trained {head} head "
+            f"({', '.join(teacher.report.new_init)} would be random): {hint}"
+        )
+    return teacher
+
+
+def _layers(layers):
+    if isinstance(layers, str) and not layers.replace(",", "").replace(" ", "").isdigit():
+        return layers
+    items = layers.split(",") if isinstance(layers, str) else layers
+    return [int(i) for i in items]
+
+
+def build_student(cfg, teacher, head: str, rng, **head_fields):
+    """(params, config, where they came from). init 'slice': teacher layers (head included);
+    'pretrained': student.path (a missing head initialised), sliced if student.layers is set;
+    'random': a TextBrewer shape (student.preset) and/or HF fields on the teacher's config."""
+    s = cfg.student
+    if s.init == "slice":
+        if teacher is None:
+            raise ValueError("student.init='slice' needs teacher.path (the model to slice)")
+        params, config, origin = teacher.params, teacher.config, f"teacher {cfg.teacher.path}"
+        layers = s.layers or "every_other"
+    elif s.init == "pretrained":
+        if not s.path:
+            raise ValueError("student.init='pretrained' needs student.path")
+        pre = hf.load_pretrained(s.path, head, rng=rng, **head_fields)
+        params, config, origin = pre.params, pre.config, f"{s.path} ({pre.report})"
+        layers = s.layers
+    elif s.init == "random":
+        base = teacher.config if teacher else hf.load_pretrained(s.path, head).config
+        config = students.student_config(base, s.preset or None, **dict(s.fields))
+        config = config.replace(**_config_fields(head_fields))
+        params = students.init_student(config, head, rng)
+        return params, config, f"random {s.preset or ''} {dict(s.fields) or ''}".strip()
+    else:
+        raise ValueError(f"student.init must be 'slice', 'pretrained' or 'random', got {s.init!r}")
+    if layers:
+        params, config, ids = students.derive_student(
+            params,
+            config,
+            layers=_layers(layers),
+            num_layers=s.num_layers or None,
+            distilbert_style=s.distilbert_style,
+        )
+        origin += f", layers {ids}"
+    return params, config, origin
+
+
+def _config_fields(head_fields: dict) -> dict:
+    return {k: v for k, v in head_fields.items() if v is not None}
+
+
+def check_vocab(tokenizer, *configs) -> None:
+    for c in configs:
+        if len(tokenizer) > c.vocab_size:
+            raise ValueError(
+                f"vocab mismatch: the tokenizer has {len(tokenizer)} tokens but the model's "
+                f"vocab_size is {c.vocab_size}"
+            )
+
+
+def trainable_filter(prefixes: str):
+    if not prefixes:
+        return None
+    keep = tuple(p.strip() for p in prefixes.split(",") if p.strip())
+    return lambda path: path.startswith(keep)
+
+
+def distill_fields(cfg, s_cfg, t_cfg) -> dict:
+    """cfg.distill as a plain dict, with distill.preset's values in place (printed)."""
+    d = dict(cfg.distill)
+    if d.get("preset"):
+        if t_cfg is None:
+            raise ValueError(f"distill.preset {d['preset']!r} needs a teacher: set teacher.path")
+        values = matches.resolve_preset(d["preset"], s_cfg, t_cfg)
+        print(f"distill.preset {d['preset']!r} sets {values}", flush=True)
+        d.update(values)
+    return d
+
+
+def build_objective(cfg, task: str, s_cfg, t_cfg, tokenizer, total_steps: int):
+    d = distill_fields(cfg, s_cfg, t_cfg)
+    has_teacher = t_cfg is not None
+    raw = [dict(m) for m in d["intermediate_matches"]] if has_teacher else []
+    matched = matches.parse_matches(raw, s_cfg, t_cfg) if raw else ()
+    sched = d["temperature_scheduler"] or "constant"
+    sched = (sched,) if isinstance(sched, str) else tuple(sched)
+    mlm = {}
+    if task == "mlm":
+        mlm = dict(
+            mlm_probability=d["mlm_probability"],
+            mask_token_id=tokenizer.mask_token_id,
+            vocab_size=s_cfg.vocab_size,
+            special_ids=tuple(int(i) for i in tokenizer.all_special_ids),
+            restrict_ce_to_mask=d["restrict_ce_to_mask"],
+            gather_masked=d["gather_masked"],
+        )
+    obj = objective.Objective(
+        task=task,
+        use_hard=d["hard_label_weight"] != 0 or d["hard_label_weight_scheduler"] != "constant",
+        use_kd=has_teacher and d["kd_loss_weight"] != 0,
+        kd_loss_type=d["kd_loss_type"],
+        matches=matched,
+        temperature_scheduler=sched,
+        hard_label_weight_scheduler=d["hard_label_weight_scheduler"] or "constant",
+        kd_loss_weight_scheduler=d["kd_loss_weight_scheduler"] or "constant",
+        total_steps=total_steps,
+        **mlm,
+    )
+    return obj, objective.hparams(d, obj)
+
+
+def build_engine(cfg, head: str, params, s_cfg, teacher, obj, hparams, total_steps) -> Engine:
+    """Optimizer, state (with projections), placement over the mesh, the compiled step."""
+    t = cfg.train
+    mesh = sharding.make_mesh(cfg.mesh.fsdp)
+    if t.batch_size % mesh.devices.size:
+        raise ValueError(
+            f"train.batch_size {t.batch_size} does not divide over {mesh.devices.size} devices"
+        )
+    trainable = trainable_filter(t.trainable)
+    proj_lrs = {f"m{i}": m.proj_lr for i, m in enumerate(obj.matches) if m.proj_lr}
+    optim_steps = max(total_steps // t.accumulate, 1)
+    tx = train.make_optimizer(
+        learning_rate=t.learning_rate,
+        total_steps=optim_steps,
+        warmup_steps=int(t.warmup_ratio * optim_steps),
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        accumulate=t.accumulate,
+        trainable=trainable,
+        proj_lrs=proj_lrs,
+    )
+    proj = objective.init_projections(obj, jax.random.key(t.seed + 1))
+    state = train.create_state(params, tx, proj)
+    state_sh = sharding.tree_shardings(state, mesh)
+    state = jax.device_put(state, state_sh)
+    student = Model(s_cfg, head, jnp.dtype(t.dtype), t.remat or None, t.attention_impl)
+    teacher_model = t_params = t_sh = None
+    if obj.needs_teacher:
+        t_dtype = jnp.dtype(cfg.teacher.dtype)
+        teacher_model = Model(teacher.config, head, t_dtype, attention_impl=t.attention_impl)
+        # A bf16 teacher stores its weights in bf16 too: half the memory and bandwidth.
+        t_sh = sharding.tree_shardings(teacher.params, mesh)
+        t_params = jax.device_put(
+            jax.tree.map(lambda x: jnp.asarray(x, t_dtype), teacher.params), t_sh
+        )
+    step_fn = train.jit_train_step(obj, student, teacher_model, tx, mesh, state_sh, t_sh, trainable)
+    return Engine(state, step_fn, t_params, hparams, mesh, obj)
+
+
+def total_steps(cfg, n_train: int) -> int:
+    """train.steps, or train.epochs full passes over n_train examples when it is 0."""
+    t = cfg.train
+    total = t.steps or t.epochs * (n_train // t.batch_size)
+    if total <= 0:
+        raise ValueError(
+            f"no training steps: train.steps={t.steps}, train.epochs={t.epochs} over "
+            f"{n_train} examples at batch size {t.batch_size}"
+        )
+    return total
+
+
+def save_projections(path, proj: dict) -> None:
+    """The trained match projections beside the HF export (transformers has no place for them):
+    an .npz of '<match key>/kernel' and '/bias' arrays."""
+    if not proj:
+        return
+    import numpy as np
+
+    flat = {
+        f"{k}/{name}": np.asarray(v)
+        for k, d in jax.device_get(proj).items()
+        for name, v in d.items()
+    }
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, **flat)
+    tmp.replace(path)

@@ -1,0 +1,197 @@
+"""The one training loop every job runs.
+
+Dispatch-ahead metrics (step t is dispatched before step t-1's metrics are fetched), a CSV of
+every loss term and TensorBoard (``train.csv``), a progress bar, evaluation every ``eval.every``
+steps, at each epoch end (``eval.at_epoch_end``) and at the last step (``eval.csv``), early
+stopping with patience, the best params kept (``<workdir>/best``), orbax checkpoints of the
+state + data position + early-stopping state every ``train.checkpoint_every`` steps and at the
+end (``<workdir>/checkpoints``), exact resume from them, and a stop with one clear line on a
+non-finite loss that never saves the bad state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import shutil
+import time
+from pathlib import Path
+
+import jax
+
+from flaxdistil import sharding
+from flaxdistil.checkpoint import Checkpointer
+from flaxdistil.logger import MetricsLogger, Progress, check_finite
+
+STALE = ("best", "tb", "train.csv", "eval.csv", "results.json")
+
+
+class EarlyStopping:
+    """Tracks the best eval value; ``should_stop`` once ``patience`` evals in a row failed to
+    improve on it by more than ``min_delta``. mode 'auto': min for loss-like metrics."""
+
+    def __init__(self, metric: str, mode: str = "auto", patience: int = 3, min_delta: float = 0.0):
+        if mode == "auto":
+            mode = "min" if metric in ("loss", "mse") or metric.endswith("loss") else "max"
+        if mode not in ("min", "max"):
+            raise ValueError(f"eval.mode must be 'min', 'max' or 'auto', got {mode!r}")
+        self.metric, self.mode, self.patience, self.min_delta = metric, mode, patience, min_delta
+        self.best: float | None = None
+        self.best_step: int | None = None
+        self.bad_evals = 0
+
+    def update(self, step: int, value: float) -> bool:
+        """Record one eval; True when it is a new best (the caller saves a checkpoint)."""
+        if not math.isfinite(value):
+            raise ValueError(f"eval {self.metric} is {value} at step {step}")
+        sign = 1.0 if self.mode == "max" else -1.0
+        if self.best is None or sign * (value - self.best) > self.min_delta:
+            self.best, self.best_step, self.bad_evals = value, step, 0
+            return True
+        self.bad_evals += 1
+        return False
+
+    @property
+    def should_stop(self) -> bool:
+        return self.patience > 0 and self.bad_evals >= self.patience
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "best_step": self.best_step, "bad_evals": self.bad_evals}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.best, self.best_step, self.bad_evals = d["best"], d["best_step"], d["bad_evals"]
+
+
+@dataclasses.dataclass
+class Outcome:
+    state: object
+    early: EarlyStopping
+    best: Checkpointer
+    steps_run: int
+    steps_per_epoch: int
+    train_time_s: float
+    evals: int
+
+    def best_params(self, template):
+        """The params of the best eval (the last state's when nothing was evaluated)."""
+        if self.best.latest_step() is None:
+            return self.state.params
+        params, _ = self.best.restore(template)
+        return params
+
+
+class Loop:
+    """``Loop(cfg, workdir, total_steps, evaluate).run(state, step_fn, batches, ...)``.
+
+    ``evaluate(params) -> {metric: value}`` scores the validation data; ``step_fn(state,
+    teacher_params, batch, rng, hparams, token_weights)`` is the jitted train step."""
+
+    def __init__(self, cfg, workdir, total_steps: int, evaluate=None, desc: str = "train"):
+        self.t, self.e = cfg.train, cfg.eval
+        self.workdir, self.total, self.evaluate, self.desc = (
+            Path(workdir),
+            total_steps,
+            evaluate,
+            desc,
+        )
+        self.last = Checkpointer(self.workdir / "checkpoints", every=0, keep=2)
+        if self.last.latest_step() is None:  # a fresh run: old outputs would pass for this run's
+            for stale in STALE:
+                path = self.workdir / stale
+                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        self.best = Checkpointer(self.workdir / "best", every=0, keep=1)
+        self.early = EarlyStopping(self.e.metric, self.e.mode, self.e.patience, self.e.min_delta)
+        self.train_log = MetricsLogger(self.workdir, "train")
+        self.eval_log = MetricsLogger(self.workdir, "eval")
+        self.elapsed0, self.evals = 0.0, 0
+
+    def run(self, state, step_fn, batches, *, mesh, rng, t_params=None, hparams=None,
+            token_weights=None) -> Outcome:  # fmt: skip
+        state, start = self._maybe_resume(state, batches)
+        self.t0 = time.perf_counter() - self.elapsed0
+        self.bar = Progress(self.total, start, self.desc)
+        pending, step = None, start
+        try:
+            while step < self.total and not self.early.should_stop:
+                batch = sharding.shard_batch(next(batches), mesh)
+                state, metrics = step_fn(state, t_params, batch, rng, hparams, token_weights)
+                step += 1
+                self._flush(pending)  # the metrics of the previous step, fetched late
+                pending = (step, metrics)
+                if self._eval_due(step, batches):
+                    self._flush(pending)  # never evaluate or save a state whose loss is NaN
+                    pending = None
+                    self._eval(step, state, batches)
+                if step == self.total or (
+                    self.t.checkpoint_every and step % self.t.checkpoint_every == 0
+                ):
+                    self._flush(pending)
+                    pending = None
+                    self._save(step, state, batches)
+            if pending is not None:
+                self._flush(pending)
+                self._save(step, state, batches)
+        finally:
+            self.bar.close()
+            for log in (self.train_log, self.eval_log):
+                log.close()
+        train_time = time.perf_counter() - self.t0
+        return Outcome(state, self.early, self.best, step, len(batches), train_time, self.evals)
+
+    def _eval_due(self, step: int, batches) -> bool:
+        if self.evaluate is None:
+            return False
+        every = self.e.every and step % self.e.every == 0
+        return bool(every or (self.e.at_epoch_end and batches.epoch_done) or step == self.total)
+
+    def _maybe_resume(self, state, batches):
+        if self.last.latest_step() is None:
+            return state, 0
+        state, pos = self.last.restore(state)
+        step = int(state.step)
+        batches.load_state_dict(pos["data"])
+        self.early.load_state_dict(pos["early"])
+        self.elapsed0, self.evals = pos["elapsed"], pos["evals"]
+        for log in (self.train_log, self.eval_log):
+            log.truncate_after(step)
+        print(f"resumed from step {step} in {self.workdir}", flush=True)
+        return state, step
+
+    def _save(self, step: int, state, batches) -> None:
+        pos = {
+            "data": batches.state_dict(),
+            "early": self.early.state_dict(),
+            "elapsed": time.perf_counter() - self.t0,
+            "evals": self.evals,
+        }
+        self.last.save(step, state, pos, force=True)
+
+    def _flush(self, item) -> None:
+        if item is None:
+            return
+        step, m = item
+        host = {k: float(v) for k, v in jax.device_get(m).items()}
+        check_finite(step, host)
+        if step % self.t.log_every == 0 or step == self.total:
+            self.train_log.write(step, host)
+        shown = {k: v for k, v in host.items() if k == "loss" or (k.startswith("loss_") and v)}
+        self.bar.update(1, int(host["tokens"]), shown)
+
+    def _eval(self, step: int, state, batches) -> None:
+        m = self.evaluate(state.params)
+        if self.e.metric not in m:
+            raise ValueError(f"eval.metric {self.e.metric!r} is not an eval metric: {sorted(m)}")
+        improved = self.early.update(step, m[self.e.metric])
+        self.evals += 1
+        epoch = batches.epoch + batches.index / max(len(batches), 1)
+        row = {"epoch": epoch, **{f"eval_{k}": v for k, v in m.items()}}
+        row["elapsed_s"] = time.perf_counter() - self.t0
+        self.eval_log.write(step, row)
+        if improved:
+            self.best.save(step, state.params, {"step": step, "validation": m}, force=True)
+        mark = " *" if improved else ""
+        shown = "  ".join(f"{k} {v:.4f}" for k, v in m.items() if isinstance(v, float))
+        self.bar.bar.write(
+            f"step {step} (epoch {epoch:.2f}): {shown}{mark} | best {self.e.metric} "
+            f"{self.early.best:.4f} at step {self.early.best_step}"
+        )

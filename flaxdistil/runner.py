@@ -1,0 +1,192 @@
+"""One runner for every config-driven script, and one way for every script to report mistakes.
+
+    python scripts/X.py --config configs/NAME.py[:ARG] --workdir DIR [--config.a.b=VALUE ...]
+
+``run(job)`` parses that command line, loads the config file's ``get_config([ARG])``, applies
+the overrides (typed by the field's current value; lists and dicts as Python literals), and calls
+``job(config, workdir)``. Every error a user can cause ends in one ``error: ...`` line naming
+what was expected and what was found, and exit status 1 (FLAXDISTIL_DEBUG=1 shows the traceback).
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import difflib
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class UsageError(ValueError):
+    """A command line or config mistake."""
+
+
+def _user_error_types() -> tuple:
+    from flaxdistil.hf import CheckpointError
+    from flaxdistil.logger import NonFiniteLoss
+
+    types = [FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError]
+    types += [CheckpointError, NonFiniteLoss, ValueError, json.JSONDecodeError]
+    with contextlib.suppress(ImportError):
+        from safetensors import SafetensorError
+
+        types.append(SafetensorError)
+    return tuple(types)
+
+
+@contextlib.contextmanager
+def user_errors():
+    """A mistake a user can make ends with one clear line, not a traceback."""
+    from absl import logging
+
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+    try:
+        yield
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as e:  # noqa: BLE001 - only the user-error kinds are turned into one line
+        if os.environ.get("FLAXDISTIL_DEBUG") or not isinstance(e, _user_error_types()):
+            raise
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        sys.exit(1)
+
+
+def _one_line(e: Exception) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    if isinstance(e, json.JSONDecodeError):
+        text = f"invalid JSON ({text})"
+    return text
+
+
+# ---------------------------------------------------------------- the config file
+
+
+def load_config(spec: str):
+    """``path/to/config.py[:arg]`` -> its get_config(arg) (a ConfigDict)."""
+    path, _, arg = spec.partition(":")
+    file = Path(path)
+    if not file.is_file():
+        raise UsageError(f"config file {path!r} does not exist (expected configs/<name>.py)")
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))  # configs/ import their siblings as `configs.common`
+    spec_ = importlib.util.spec_from_file_location(f"_config_{file.stem}", file)
+    module = importlib.util.module_from_spec(spec_)
+    spec_.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise UsageError(f"config file {path} defines no get_config()")
+    return module.get_config(arg) if arg else module.get_config()
+
+
+def _keys(cfg, prefix: str = "") -> list[str]:
+    out = []
+    for k, v in cfg.items():
+        out.append(prefix + k)
+        if hasattr(v, "items"):
+            out += _keys(v, prefix + k + ".")
+    return out
+
+
+def _parse_value(key: str, raw: str, current):
+    if isinstance(current, bool):
+        if raw.lower() in ("true", "1", "yes"):
+            return True
+        if raw.lower() in ("false", "0", "no"):
+            return False
+        raise UsageError(f"--config.{key} expects true or false, got {raw!r}")
+    if isinstance(current, int | float) and not isinstance(current, bool):
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = None
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            kind = type(current).__name__
+            raise UsageError(f"--config.{key} expects a number ({kind}), got {raw!r}")
+        return type(current)(value) if isinstance(current, float) else value
+    if isinstance(current, str):
+        return raw
+    try:
+        return ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        if isinstance(current, list | tuple | dict) or hasattr(current, "items"):
+            kind = "a list" if isinstance(current, list | tuple) else "a dict"
+            raise UsageError(
+                f"--config.{key} expects {kind} as a Python literal, got {raw!r}"
+            ) from None
+        return raw
+
+
+def apply_override(cfg, key: str, raw: str) -> None:
+    parts, node = key.split("."), cfg
+    for i, part in enumerate(parts):
+        if not hasattr(node, "keys") or part not in node:
+            known = _keys(cfg)
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" (closest: {close[0]!r})" if close else ""
+            raise UsageError(f"unknown config key {key!r}{hint}")
+        if i < len(parts) - 1:
+            node = node[part]
+    current = node[parts[-1]]
+    value = _parse_value(key, raw, current)
+    if hasattr(current, "items") and not isinstance(value, dict):
+        raise UsageError(f"--config.{key} is a group of fields; set one of them, e.g. {key}.X=")
+    if isinstance(current, list) and isinstance(value, tuple):
+        value = list(value)
+    try:
+        node[parts[-1]] = value
+    except TypeError as e:
+        raise UsageError(f"--config.{key}: {e}") from None
+
+
+# ---------------------------------------------------------------- the command line
+
+
+def parse(argv: list[str], flags: dict | None = None, need_workdir: bool = True):
+    """(config, workdir, {flag: value}) from ``argv`` (without the program name)."""
+    flags = dict(flags or {})
+    values = {"config": None, "workdir": None, **flags}
+    overrides = []
+    it = iter(argv)
+    for arg in it:
+        if not arg.startswith("--"):
+            raise UsageError(f"unexpected argument {arg!r}: expected --name=value")
+        name, eq, value = arg[2:].partition("=")
+        if name.startswith("config."):
+            if not eq:
+                raise UsageError(f"--{name} needs a value: --{name}=VALUE")
+            overrides.append((name.removeprefix("config."), value))
+            continue
+        if name not in values:
+            known = ", ".join(f"--{k}" for k in values)
+            raise UsageError(f"unknown flag --{name}: expected {known} or --config.<key>=VALUE")
+        if not eq:
+            value = next(it, None)
+            if value is None:
+                raise UsageError(f"--{name} needs a value")
+        values[name] = value
+    if not values["config"]:
+        raise UsageError("missing --config=configs/<name>.py")
+    if need_workdir and not values["workdir"]:
+        raise UsageError("missing --workdir=DIR (where checkpoints, logs and exports go)")
+    cfg = load_config(values["config"])
+    for key, raw in overrides:
+        apply_override(cfg, key, raw)
+    return cfg, values["workdir"], {k: values[k] for k in flags}
+
+
+def run(job, argv: list[str] | None = None, flags: dict | None = None):
+    """Parse, then ``job(cfg, workdir, **flags)`` under user_errors(); returns its result."""
+    argv = sys.argv[1:] if argv is None else argv
+    with user_errors():
+        from flaxdistil import sharding
+
+        cfg, workdir, extra = parse(argv, flags)
+        sharding.maybe_initialize_distributed()
+        if workdir and Path(workdir).exists() and not Path(workdir).is_dir():
+            raise UsageError(f"--workdir {workdir} is a file; expected a directory")
+        return job(cfg, workdir, **extra)
