@@ -80,9 +80,16 @@ def _brief(names: list[str], n: int = 12) -> str:
 # ---------------------------------------------------------------- reading files
 
 
-def resolve(path_or_hub_id: str | os.PathLike) -> Path:
+# Hub downloads: the metadata, then one weight format, tried in read_state_dict's order, so that a
+# repo with both safetensors and pytorch_model.bin (or flax_model.msgpack) downloads one of them.
+HUB_METADATA = ["*.json", "*.txt", "*.model"]
+HUB_WEIGHTS = (["*.safetensors"], ["pytorch_model*.bin"], ["*.msgpack"])
+
+
+def resolve(path_or_hub_id: str | os.PathLike, revision: str | None = None) -> Path:
     """A local directory, a short name of flaxdistil.assets.CHECKPOINTS ('minilm', 'antiberty',
-    'minilm-mlm'), or a Hub id downloaded to the HF cache (needs network access)."""
+    'minilm-mlm'), or a Hub id downloaded to the HF cache at ``revision`` (a branch, tag or commit;
+    None: main; needs network access)."""
     from flaxdistil import assets
 
     if str(path_or_hub_id) in assets.CHECKPOINTS:
@@ -94,16 +101,27 @@ def resolve(path_or_hub_id: str | os.PathLike) -> Path:
         raise FileNotFoundError(f"expected a checkpoint directory, found a file: {p}")
     if not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", str(path_or_hub_id)):
         raise FileNotFoundError(f"no checkpoint directory at {p}")
-    from huggingface_hub import snapshot_download
-
-    patterns = ["*.json", "*.txt", "*.safetensors", "*.msgpack", "*.model"]
     try:
-        return Path(snapshot_download(str(path_or_hub_id), allow_patterns=patterns))
+        return _download(str(path_or_hub_id), revision)
     except Exception as e:  # noqa: BLE001 - offline, gated, or missing repo: one clear message
         raise FileNotFoundError(
             f"{path_or_hub_id!r} is neither a local directory nor a reachable Hugging Face Hub "
             f"repo ({type(e).__name__}: {e})"
         ) from None
+
+
+def _download(repo_id: str, revision: str | None) -> Path:
+    import huggingface_hub
+
+    for weights in HUB_WEIGHTS:
+        snapshot = Path(
+            huggingface_hub.snapshot_download(
+                repo_id, revision=revision, allow_patterns=HUB_METADATA + weights
+            )
+        )
+        if any(f for pattern in weights for f in snapshot.glob(pattern)):
+            break
+    return snapshot  # without weights, read_state_dict names what it looked for
 
 
 def read_state_dict(ckpt: Path) -> tuple[dict[str, np.ndarray], str]:
@@ -177,7 +195,7 @@ def read_config(ckpt: Path) -> dict:
 
 
 def _strip_prefix(sd: dict, model_type: str) -> dict:
-    pre = f"{model_type}."
+    pre = f"{hf_table.PREFIX[model_type]}."
     return {k[len(pre) :] if k.startswith(pre) else k: v for k, v in sd.items()}
 
 
@@ -212,7 +230,7 @@ def convert_from_hf(sd: dict, cfg: ModelConfig, head: str | None, rng=None):
         if path not in wanted:  # e.g. the pooler of a head that has none
             continue
         stacked = "{i}" in key
-        keys = [key.format(i=i) for i in range(cfg.num_hidden_layers)] if stacked else [key]
+        keys = [key.format(i=i) for i in range(cfg.num_distinct_layers)] if stacked else [key]
         absent = [k for k in keys if k not in sd]
         if absent:
             if is_head or path.startswith("encoder/pooler"):
@@ -269,14 +287,16 @@ def load_pretrained(
     *,
     num_labels: int | None = None,
     rng=None,
+    revision: str | None = None,
     **config_overrides,
 ) -> Pretrained:
-    """Load a HF checkpoint (safetensors / PyTorch bin / Flax msgpack) as params for ``head``.
+    """Load a HF checkpoint (safetensors / PyTorch bin / Flax msgpack) as params for ``head``;
+    ``revision`` picks the branch, tag or commit of a Hub repo.
 
     A head the checkpoint lacks is initialised from ``rng`` and reported in ``.report``; weights
     of other heads are reported as unused; anything else that does not fit raises CheckpointError.
     """
-    ckpt = resolve(path_or_hub_id)
+    ckpt = resolve(path_or_hub_id, revision)
     cfg = ModelConfig.from_hf(read_config(ckpt))
     if num_labels is not None:
         config_overrides.setdefault("id2label", None)  # a new head: old names don't fit
@@ -297,7 +317,7 @@ def as_distilbert(cfg: ModelConfig) -> ModelConfig:
         return cfg
     problems = []
     if cfg.model_type != "bert":
-        problems.append(f"model_type {cfg.model_type!r} (RoBERTa positions differ)")
+        problems.append(f"model_type {cfg.model_type!r} (only a BERT becomes a DistilBERT)")
     if cfg.type_vocab_size:
         problems.append(f"type_vocab_size {cfg.type_vocab_size} (DistilBERT has none)")
     if cfg.layer_norm_eps != 1e-12:
@@ -310,7 +330,7 @@ def as_distilbert(cfg: ModelConfig) -> ModelConfig:
 
 
 def convert_to_hf(params: dict, cfg: ModelConfig, head: str | None) -> dict[str, np.ndarray]:
-    prefix = f"{cfg.model_type}." if head is not None else ""
+    prefix = f"{hf_table.PREFIX[cfg.model_type]}." if head is not None else ""
     have = set(_paths(params))
     sd = {}
     for path, key, transpose, is_head, _ in hf_table.rows(cfg.model_type, head):

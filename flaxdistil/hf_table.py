@@ -9,11 +9,14 @@ all layers on a leading axis, HF has one key per layer. The kind says how tensor
   param  the tensor itself
 
 hf.py walks these rows in both directions (load and export), so a name lives in one place only.
-Backbone names are relative to the family prefix (``bert.``, ``roberta.``, ``distilbert.``) that HF
-uses inside task models; head names are absolute.
+Backbone names are relative to the family prefix (``bert.``, ``roberta.``, ``distilbert.``, ...,
+see PREFIX) that HF uses inside task models; head names are absolute. A row whose module our
+params lack is skipped (ELECTRA's embeddings_project exists only when embedding_size differs).
 """
 
 from __future__ import annotations
+
+from flaxdistil.models.config import FAMILIES, FAMILY_HEADS, SAME_AS
 
 _BERT_LAYER = [
     ("encoder/layer/attention/query", "encoder.layer.{i}.attention.self.query", "dense"),
@@ -32,6 +35,20 @@ _EMBEDDINGS = [
     ("encoder/embeddings/LayerNorm", "embeddings.LayerNorm", "norm"),
 ]
 _POOLER = [("encoder/pooler", "pooler.dense", "dense")]
+# ALBERT's one shared layer: {i} is the layer group (always 0, see ModelConfig.num_distinct_layers).
+_ALBERT_LAYER = [
+    (ours, f"encoder.albert_layer_groups.{{i}}.albert_layers.0.{theirs}", kind)
+    for ours, theirs, kind in [
+        ("encoder/layer/attention/query", "attention.query", "dense"),
+        ("encoder/layer/attention/key", "attention.key", "dense"),
+        ("encoder/layer/attention/value", "attention.value", "dense"),
+        ("encoder/layer/attention/out", "attention.dense", "dense"),
+        ("encoder/layer/attention_norm", "attention.LayerNorm", "norm"),
+        ("encoder/layer/fc1", "ffn", "dense"),
+        ("encoder/layer/fc2", "ffn_output", "dense"),
+        ("encoder/layer/mlp_norm", "full_layer_layer_norm", "norm"),
+    ]
+]
 
 BACKBONE = {
     "bert": _EMBEDDINGS + _BERT_LAYER + _POOLER,
@@ -48,6 +65,13 @@ BACKBONE = {
         ("encoder/layer/fc2", "transformer.layer.{i}.ffn.lin2", "dense"),
         ("encoder/layer/mlp_norm", "transformer.layer.{i}.output_layer_norm", "norm"),
     ],
+    "electra": _EMBEDDINGS
+    + [("encoder/embeddings/project", "embeddings_project", "dense")]
+    + _BERT_LAYER,
+    "albert": _EMBEDDINGS
+    + [("encoder/embeddings/project", "encoder.embedding_hidden_mapping_in", "dense")]
+    + _ALBERT_LAYER
+    + [("encoder/pooler", "pooler", "dense")],
 }
 
 _TOKEN_CLS = [("classifier", "classifier", "dense")]
@@ -77,6 +101,25 @@ HEAD = {
         ("classifier/dense", "pre_classifier", "dense"),
         ("classifier/out", "classifier", "dense"),
     ],
+    ("electra", "mlm"): [  # the generator; its decoder weight is the word embeddings
+        ("mlm/transform", "generator_predictions.dense", "dense"),
+        ("mlm/norm", "generator_predictions.LayerNorm", "norm"),
+        ("mlm/bias", "generator_lm_head.bias", "param"),
+    ],
+    ("electra", "seq_cls"): [
+        ("classifier/dense", "classifier.dense", "dense"),
+        ("classifier/out", "classifier.out_proj", "dense"),
+    ],
+    ("electra", "electra_disc"): [
+        ("discriminator/dense", "discriminator_predictions.dense", "dense"),
+        ("discriminator/out", "discriminator_predictions.dense_prediction", "dense"),
+    ],
+    ("albert", "mlm"): [
+        ("mlm/transform", "predictions.dense", "dense"),
+        ("mlm/norm", "predictions.LayerNorm", "norm"),
+        ("mlm/bias", "predictions.bias", "param"),
+    ],
+    ("albert", "seq_cls"): [("classifier/out", "classifier", "dense")],
     **{(f, "token_cls"): _TOKEN_CLS for f in BACKBONE},
     **{(f, "qa"): _QA for f in BACKBONE},
 }
@@ -93,6 +136,11 @@ TIED = {
         "lm_head.decoder.bias": "lm_head.bias",
     },
     "distilbert": {"vocab_projector.weight": "embeddings.word_embeddings.weight"},
+    "electra": {"generator_lm_head.weight": "embeddings.word_embeddings.weight"},
+    "albert": {
+        "predictions.decoder.weight": "embeddings.word_embeddings.weight",
+        "predictions.decoder.bias": "predictions.bias",
+    },
 }
 BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids")
 
@@ -102,30 +150,48 @@ HEAD_NAMESPACES = {
     "bert": ("cls.", "classifier.", "qa_outputs.", "pooler."),
     "roberta": ("lm_head.", "classifier.", "qa_outputs.", "pooler."),
     "distilbert": ("vocab_", "pre_classifier.", "classifier.", "qa_outputs."),
+    "electra": ("generator_", "discriminator_predictions.", "classifier.", "qa_outputs."),
+    "albert": ("predictions.", "sop_classifier.", "classifier.", "qa_outputs.", "pooler."),
 }
 
+# Families that run another's code use its rows, under their own model_type.
+for _family, _base in SAME_AS.items():
+    BACKBONE[_family], TIED[_family] = BACKBONE[_base], TIED[_base]
+    HEAD_NAMESPACES[_family] = HEAD_NAMESPACES[_base]
+    HEAD.update({(_family, h): r for (f, h), r in list(HEAD.items()) if f == _base})
+
+# The module name HF's task models keep the backbone under.
+PREFIX = {f: SAME_AS.get(f, f) for f in FAMILIES}
+
+# transformers' class names: f"{CLASS_PREFIX}{suffix}".
+_CLASS_PREFIX = {
+    "bert": "Bert",
+    "roberta": "Roberta",
+    "distilbert": "DistilBert",
+    "xlm-roberta": "XLMRoberta",
+    "camembert": "Camembert",
+    "electra": "Electra",
+    "albert": "Albert",
+}
+_CLASS_SUFFIX = {
+    None: "Model",
+    "mlm": "ForMaskedLM",
+    "seq_cls": "ForSequenceClassification",
+    "token_cls": "ForTokenClassification",
+    "qa": "ForQuestionAnswering",
+    "electra_disc": "ForPreTraining",
+}
 ARCHITECTURES = {
-    "bert": {
-        None: "BertModel",
-        "mlm": "BertForMaskedLM",
-        "seq_cls": "BertForSequenceClassification",
-        "token_cls": "BertForTokenClassification",
-        "qa": "BertForQuestionAnswering",
-    },
-    "roberta": {
-        None: "RobertaModel",
-        "mlm": "RobertaForMaskedLM",
-        "seq_cls": "RobertaForSequenceClassification",
-        "token_cls": "RobertaForTokenClassification",
-        "qa": "RobertaForQuestionAnswering",
-    },
-    "distilbert": {
-        None: "DistilBertModel",
-        "mlm": "DistilBertForMaskedLM",
-        "seq_cls": "DistilBertForSequenceClassification",
-        "token_cls": "DistilBertForTokenClassification",
-        "qa": "DistilBertForQuestionAnswering",
-    },
+    f: {h: _CLASS_PREFIX[f] + _CLASS_SUFFIX[h] for h in FAMILY_HEADS[f]} for f in FAMILIES
+}
+# The transformers Auto class that builds each head's model from its config.
+AUTO_CLASSES = {
+    None: "AutoModel",
+    "mlm": "AutoModelForMaskedLM",
+    "seq_cls": "AutoModelForSequenceClassification",
+    "token_cls": "AutoModelForTokenClassification",
+    "qa": "AutoModelForQuestionAnswering",
+    "electra_disc": "AutoModelForPreTraining",
 }
 
 # kind -> [(our leaf name, HF tensor suffix, transpose)]

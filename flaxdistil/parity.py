@@ -6,15 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from flaxdistil.hf_table import AUTO_CLASSES
 from flaxdistil.models import Model, ModelConfig
-
-AUTO_CLASSES = {
-    None: "AutoModel",
-    "mlm": "AutoModelForMaskedLM",
-    "seq_cls": "AutoModelForSequenceClassification",
-    "token_cls": "AutoModelForTokenClassification",
-    "qa": "AutoModelForQuestionAnswering",
-}
 
 
 def torch_outputs(hf_dir: Path, head: str | None, batch: dict) -> dict[str, np.ndarray]:

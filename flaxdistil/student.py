@@ -2,7 +2,8 @@
 
 Layer params carry a leading layer axis (nn.scan), so selecting teacher layers is one ``x[ids]``
 per leaf. DistilBERT took every other layer of BERT-base and dropped the token-type embeddings and
-the pooler; the HF distillation project's extract script took layers [0, 2, 4, 7, 9, 11].
+the pooler; the HF distillation project's extract script took layers [0, 2, 4, 7, 9, 11]. An ALBERT
+has one shared layer: its student applies that layer fewer times.
 """
 
 from __future__ import annotations
@@ -69,17 +70,25 @@ def derive_student(
     ``distilbert_style`` drops token types and the pooler (the DistilBERT architecture; a BERT
     student then exports as a DistilBERT). Dropping token types folds the teacher's type-0
     embedding into the position table, so single-segment inputs embed exactly as in the teacher.
+
+    An ALBERT student keeps the one shared layer and applies it len(layers) times; which teacher
+    layers are named does not matter, and the ids returned are the teacher depths it reproduces,
+    0..k-1 (its hidden state k is the teacher's hidden state k).
     """
     ids = select_layers(config.num_hidden_layers, layers, num_layers)
     enc = dict(params["encoder"])
-    enc["layer"] = jax.tree.map(lambda x: x[np.asarray(ids)], enc["layer"])
+    if config.num_distinct_layers == config.num_hidden_layers:
+        enc["layer"] = jax.tree.map(lambda x: x[np.asarray(ids)], enc["layer"])
+    else:
+        ids = list(range(len(ids)))
     cfg = config.replace(num_hidden_layers=len(ids))
     if distilbert_style:
         drop_token_types = drop_pooler = True
     if drop_token_types and cfg.type_vocab_size:
-        if cfg.model_type == "roberta":
+        if cfg.model_type != "bert":
             raise ValueError(
-                "dropping token types of a RoBERTa is not supported (positions differ)"
+                f"dropping token types of a {cfg.model_type} is not supported (only a BERT "
+                "without token types has an HF architecture: DistilBERT)"
             )
         emb = dict(enc["embeddings"])
         type0 = emb.pop("token_type_embeddings")["embedding"][0]

@@ -6,14 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from flaxdistil.hf_table import AUTO_CLASSES as AUTO_CLASS
+
 REPORT = Path(__file__).resolve().parents[1] / "reports" / "parity.json"
-AUTO_CLASS = {
-    None: "AutoModel",
-    "mlm": "AutoModelForMaskedLM",
-    "seq_cls": "AutoModelForSequenceClassification",
-    "token_cls": "AutoModelForTokenClassification",
-    "qa": "AutoModelForQuestionAnswering",
-}
 
 
 def _tiny_config(transformers, family: str, **overrides):
@@ -23,10 +18,20 @@ def _tiny_config(transformers, family: str, **overrides):
         cls = transformers.DistilBertConfig
     else:
         kw = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=37)
-        cls = {"bert": transformers.BertConfig, "roberta": transformers.RobertaConfig}[family]
-        kw["type_vocab_size"] = 2 if family == "bert" else 1
-        if family == "roberta":
+        cls = {
+            "bert": transformers.BertConfig,
+            "roberta": transformers.RobertaConfig,
+            "xlm-roberta": transformers.XLMRobertaConfig,
+            "camembert": transformers.CamembertConfig,
+            "electra": transformers.ElectraConfig,
+            "albert": transformers.AlbertConfig,
+        }[family]
+        roberta_like = family in ("roberta", "xlm-roberta", "camembert")
+        kw["type_vocab_size"] = 1 if roberta_like else 2
+        if roberta_like:
             kw.update(pad_token_id=1, bos_token_id=0, eos_token_id=2, layer_norm_eps=1e-5)
+        if family in ("electra", "albert"):
+            kw["embedding_size"] = 20  # factorised: projected to hidden_size
     kw.update(vocab_size=99, max_position_embeddings=64)
     return cls(**{**kw, **overrides})
 

@@ -5,24 +5,33 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-FAMILIES = ("bert", "roberta", "distilbert")
-HEADS = (None, "mlm", "seq_cls", "token_cls", "qa")
+FAMILIES = ("bert", "roberta", "distilbert", "xlm-roberta", "camembert", "electra", "albert")
+HEADS = (None, "mlm", "seq_cls", "token_cls", "qa", "electra_disc")
+# electra_disc: ElectraForPreTraining's replaced-token detector, one logit per token.
+FAMILY_HEADS = {f: HEADS[:5] for f in FAMILIES} | {"electra": HEADS}
 
-# DistilBERT spells BERT's fields differently; one table serves reading and writing config.json.
-_DISTILBERT_NAMES = {
-    "dim": "hidden_size",
-    "n_layers": "num_hidden_layers",
-    "n_heads": "num_attention_heads",
-    "hidden_dim": "intermediate_size",
-    "activation": "hidden_act",
-    "dropout": "hidden_dropout_prob",
-    "attention_dropout": "attention_probs_dropout_prob",
+# Families that are another family's code and HF key names under their own model_type (and
+# architectures on export): XLM-R and CamemBERT are RoBERTa with other vocabularies.
+SAME_AS = {"xlm-roberta": "roberta", "camembert": "roberta"}
+
+# Fields a family spells differently from BERT; one table serves reading and writing config.json.
+RENAMED = {
+    "distilbert": {
+        "dim": "hidden_size",
+        "n_layers": "num_hidden_layers",
+        "n_heads": "num_attention_heads",
+        "hidden_dim": "intermediate_size",
+        "activation": "hidden_act",
+        "dropout": "hidden_dropout_prob",
+        "attention_dropout": "attention_probs_dropout_prob",
+    },
+    "albert": {"classifier_dropout_prob": "classifier_dropout"},
 }
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """Hashable (usable as a static jit argument); one class for all three families."""
+    """Hashable (usable as a static jit argument); one class for every family."""
 
     model_type: str = "bert"
     vocab_size: int = 30522
@@ -37,11 +46,14 @@ class ModelConfig:
     type_vocab_size: int = 2  # 0: no token-type embeddings (DistilBERT)
     layer_norm_eps: float = 1e-12
     pad_token_id: int = 0
+    # ELECTRA/ALBERT factorised embeddings: width of the embedding tables, projected to hidden_size
+    # (ELECTRA only where they differ). None: hidden_size, no projection (BERT, RoBERTa, ...).
+    embedding_size: int | None = None
     initializer_range: float = 0.02
     add_pooler: bool = True  # BERT/RoBERTa pooler (dense + tanh on the first token)
     sinusoidal_pos_embds: bool = False  # DistilBERT's fixed sinusoidal positions
     num_labels: int = 2
-    classifier_dropout: float | None = None  # BERT/RoBERTa: None -> hidden_dropout_prob
+    classifier_dropout: float | None = None  # None -> hidden_dropout_prob (ALBERT: *_prob)
     seq_classif_dropout: float = 0.2  # DistilBERT's classification dropout
     qa_dropout: float = 0.1  # DistilBERT's QA dropout
     problem_type: str | None = None  # HF's: single_label_classification / regression / ...
@@ -60,6 +72,26 @@ class ModelConfig:
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
 
+    @property
+    def arch(self) -> str:
+        """The family whose modules and HF names this one uses ('roberta' for XLM-R)."""
+        return SAME_AS.get(self.model_type, self.model_type)
+
+    @property
+    def embed_dim(self) -> int:
+        return self.embedding_size or self.hidden_size
+
+    @property
+    def projects_embeddings(self) -> bool:
+        """ALBERT always maps embeddings to hidden_size; ELECTRA only when the widths differ."""
+        return self.model_type == "albert" or self.embed_dim != self.hidden_size
+
+    @property
+    def num_distinct_layers(self) -> int:
+        """Layers with params of their own (the stacked axis): ALBERT applies one shared layer
+        num_hidden_layers times."""
+        return 1 if self.model_type == "albert" else self.num_hidden_layers
+
     def replace(self, **kw) -> ModelConfig:
         unknown = set(kw) - {f.name for f in dataclasses.fields(self)}
         if unknown:
@@ -75,10 +107,13 @@ class ModelConfig:
             raise ValueError(
                 f"config.json has model_type {model_type!r}: flaxdistil supports {FAMILIES}"
             )
-        hf = dict(hf)
+        hf = {RENAMED.get(model_type, {}).get(k, k): v for k, v in hf.items()}
         if model_type == "distilbert":
-            hf = {_DISTILBERT_NAMES.get(k, k): v for k, v in hf.items()}
             hf.update(type_vocab_size=0, add_pooler=False)
+        elif model_type == "electra":
+            hf.update(add_pooler=False)  # ElectraModel has no pooler
+        elif model_type == "albert":
+            _check_albert_groups(hf)
         names = {f.name for f in dataclasses.fields(cls)}
         kw = {k: v for k, v in hf.items() if k in names}
         if hf.get("id2label"):
@@ -94,13 +129,32 @@ class ModelConfig:
         d["label2id"] = {name: i for i, name in id2label}
         d.pop("num_labels")
         if self.model_type == "distilbert":
-            back = {v: k for k, v in _DISTILBERT_NAMES.items()}
             for k in ("type_vocab_size", "classifier_dropout", "layer_norm_eps"):
                 d.pop(k)
-            d = {back.get(k, k): v for k, v in d.items()}
         else:
             for k in ("sinusoidal_pos_embds", "seq_classif_dropout", "qa_dropout"):
                 d.pop(k)
+        if self.model_type in ("electra", "albert"):
+            d["embedding_size"] = self.embed_dim  # HF's defaults (128) are not ours
+        else:
+            d.pop("embedding_size")
+        if self.model_type == "albert":
+            d.update(num_hidden_groups=1, inner_group_num=1)
+            if d["classifier_dropout"] is None:  # AlbertForSequenceClassification needs a number
+                d["classifier_dropout"] = self.hidden_dropout_prob
+        back = {v: k for k, v in RENAMED.get(self.model_type, {}).items()}
+        d = {back.get(k, k): v for k, v in d.items()}
         if d.get("problem_type") is None:
             d.pop("problem_type")
         return d
+
+
+def _check_albert_groups(hf: dict[str, Any]) -> None:
+    """Real ALBERTs share one layer across all depths; several groups would need a layer axis of
+    num_hidden_groups x inner_group_num, which no released checkpoint has."""
+    groups, inner = hf.get("num_hidden_groups", 1), hf.get("inner_group_num", 1)
+    if (groups, inner) != (1, 1):
+        raise ValueError(
+            f"ALBERT with num_hidden_groups={groups}, inner_group_num={inner}: flaxdistil "
+            "supports the one shared layer of the released ALBERTs (both 1)"
+        )

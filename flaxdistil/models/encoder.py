@@ -1,9 +1,11 @@
-"""One encoder for BERT, RoBERTa and DistilBERT; layers stacked with nn.scan.
+"""One encoder for BERT, RoBERTa (XLM-R, CamemBERT), DistilBERT, ELECTRA and ALBERT; layers
+stacked with nn.scan.
 
 The families share a post-LayerNorm transformer block and differ in the embeddings (RoBERTa's
-padding-offset positions, DistilBERT's missing token types and optional sinusoidal positions),
-activations, eps and dropout placement. Layer params carry a leading layer axis, so a student is a
-slice of the teacher's pytree (see student.py).
+padding-offset positions, DistilBERT's missing token types and optional sinusoidal positions,
+ELECTRA's and ALBERT's narrower tables projected to hidden_size), activations, eps and dropout
+placement. Layer params carry a leading layer axis, so a student is a slice of the teacher's pytree
+(see student.py); ALBERT's axis has length 1, its one shared layer, applied num_hidden_layers times.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ def sinusoidal_table(n_pos: int, dim: int) -> np.ndarray:
 
 
 def position_ids(cfg: ModelConfig, input_ids_BxT: jax.Array) -> jax.Array:
-    if cfg.model_type == "roberta":
+    if cfg.arch == "roberta":
         # RoBERTa counts positions from pad_token_id + 1 over non-pad tokens only.
         real = (input_ids_BxT != cfg.pad_token_id).astype(jnp.int32)
         return jnp.cumsum(real, axis=1) * real + cfg.pad_token_id
@@ -75,11 +77,11 @@ class Embeddings(nn.Module):
     def __call__(self, input_ids_BxT, token_type_ids_BxT, deterministic: bool):
         cfg = self.config
         init = nn.initializers.normal(cfg.initializer_range)
-        embed = lambda n, name, i=init: nn.Embed(n, cfg.hidden_size, embedding_init=i, name=name)
+        embed = lambda n, name, i=init: nn.Embed(n, cfg.embed_dim, embedding_init=i, name=name)
         word = embed(cfg.vocab_size, "word_embeddings")
         x_BxTxD = word(input_ids_BxT)
         if cfg.sinusoidal_pos_embds:
-            table = sinusoidal_table(cfg.max_position_embeddings, cfg.hidden_size)
+            table = sinusoidal_table(cfg.max_position_embeddings, cfg.embed_dim)
             pos = embed(cfg.max_position_embeddings, "position_embeddings", lambda *_: table)
             # HF freezes the sinusoidal table (requires_grad=False).
             x_BxTxD += jax.lax.stop_gradient(pos(position_ids(cfg, input_ids_BxT)))
@@ -93,6 +95,8 @@ class Embeddings(nn.Module):
             x_BxTxD += embed(cfg.type_vocab_size, "token_type_embeddings")(token_type_ids_BxT)
         x_BxTxD = layer_norm(cfg, "LayerNorm", self.dtype)(x_BxTxD)
         x_BxTxD = nn.Dropout(cfg.hidden_dropout_prob)(x_BxTxD, deterministic=deterministic)
+        if cfg.projects_embeddings:  # ELECTRA's embeddings_project, ALBERT's mapping_in: E -> D
+            x_BxTxD = dense(cfg, cfg.hidden_size, "project", self.dtype)(x_BxTxD)
         return x_BxTxD.astype(self.dtype), word
 
 
@@ -209,7 +213,9 @@ class Layer(nn.Module):
             attn_out = drop(attn_out)
         h_BxTxD = layer_norm(cfg, "attention_norm", self.dtype)(attn_out + h_BxTxD)
         y = dense(cfg, cfg.intermediate_size, "fc1", self.dtype)(h_BxTxD)
-        y = drop(dense(cfg, cfg.hidden_size, "fc2", self.dtype)(activation(cfg.hidden_act)(y)))
+        y = dense(cfg, cfg.hidden_size, "fc2", self.dtype)(activation(cfg.hidden_act)(y))
+        if cfg.model_type != "albert":  # ALBERT has no dropout after ffn_output
+            y = drop(y)
         h_BxTxD = layer_norm(cfg, "mlp_norm", self.dtype)(y + h_BxTxD).astype(self.dtype)
         ys = (
             h_BxTxD if self.output_hidden_states else None,
@@ -262,22 +268,17 @@ class Encoder(nn.Module):
             output_qkv,
         )
         if self.scan_layers:
-            stack = nn.scan(
-                layer_cls,
-                variable_axes={"params": 0},
-                split_rngs={"params": True, "dropout": True},
-                in_axes=nn.broadcast,
-                length=cfg.num_hidden_layers,
-            )
+            stack = _scanned(layer_cls, cfg)(*layer_args, name="layer")
             last_BxTxD, (hidden_LxBxTxD, att_LxBxHxTxT, qkv_Lx3xBxTxD) = stack(
-                *layer_args, name="layer"
-            )(h_BxTxD, attention_mask_BxT)
+                h_BxTxD, attention_mask_BxT
+            )
         else:
+            layers = [
+                layer_cls(*layer_args, name=f"layer_{i}") for i in range(cfg.num_distinct_layers)
+            ]
             last_BxTxD, ys = h_BxTxD, []
             for i in range(cfg.num_hidden_layers):
-                last_BxTxD, y = layer_cls(*layer_args, name=f"layer_{i}")(
-                    last_BxTxD, attention_mask_BxT
-                )
+                last_BxTxD, y = layers[i % len(layers)](last_BxTxD, attention_mask_BxT)
                 ys.append(y)
             hidden_LxBxTxD, att_LxBxHxTxT, qkv_Lx3xBxTxD = (
                 None if y[0] is None else jnp.stack(y) for y in zip(*ys)
@@ -293,6 +294,36 @@ class Encoder(nn.Module):
             pooled = dense(cfg, cfg.hidden_size, "pooler", self.dtype)(last_BxTxD[:, 0])
             aux["pooled"] = jnp.tanh(pooled)
         return last_BxTxD, aux
+
+
+def _scanned(layer_cls, cfg: ModelConfig):
+    """The layers as one nn.scan over num_hidden_layers, params on a leading layer axis."""
+    if cfg.num_distinct_layers == cfg.num_hidden_layers:
+        return nn.scan(
+            layer_cls,
+            variable_axes={"params": 0},
+            split_rngs={"params": True, "dropout": True},
+            in_axes=nn.broadcast,
+            length=cfg.num_hidden_layers,
+        )
+    # ALBERT: the shared layer's params are broadcast into every step of the scan; stored with a
+    # leading axis of 1 so that they are stacked like every other family's (and like HF's one
+    # albert_layer_group), hence the squeeze in and the expand out.
+    shared = nn.scan(
+        layer_cls,
+        variable_broadcast="params",
+        split_rngs={"params": False, "dropout": True},
+        in_axes=nn.broadcast,
+        length=cfg.num_hidden_layers,
+    )
+    return nn.map_variables(
+        shared,
+        "params",
+        trans_in_fn=lambda v: jax.tree.map(lambda x: x[0], v),
+        trans_out_fn=lambda v: jax.tree.map(lambda x: x[None], v),
+        init=True,
+        mutable=True,
+    )
 
 
 def unstack_layers(params: dict) -> dict:

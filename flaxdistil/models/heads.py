@@ -7,6 +7,7 @@
  - "seq_cls": [B, num_labels] (regression: num_labels = 1).
  - "token_cls": [B, T, num_labels].
  - "qa": [B, T, 2] (start, end).
+ - "electra_disc": [B, T], ELECTRA's replaced-token detection logit per token.
 aux holds 'last_hidden_state', and on request 'hidden_states' [L+1, B, T, D] (index 0: embeddings)
 and 'attentions' [L, B, H, T, T] (probabilities, or pre-softmax scores with
 output_attentions='scores'), 'qkv' [L, 3, B, T, D] with output_qkv; 'pooled' where a pooler
@@ -22,13 +23,16 @@ import jax
 import jax.numpy as jnp
 
 from flaxdistil import xla_cpu
-from flaxdistil.models.config import HEADS, ModelConfig
+from flaxdistil.models.config import FAMILY_HEADS, HEADS, ModelConfig
 from flaxdistil.models.encoder import Encoder, activation, dense, layer_norm, unstack_layers
 
 
 def uses_pooler(cfg: ModelConfig, head: str | None) -> bool:
-    """HF builds the pooler for the bare model and for BERT's sequence classifier only."""
-    return cfg.add_pooler and (head is None or (head == "seq_cls" and cfg.model_type == "bert"))
+    """HF builds the pooler for the bare model and for BERT's and ALBERT's sequence classifiers
+    only; ELECTRA has none."""
+    if not cfg.add_pooler or cfg.model_type == "electra":
+        return False
+    return head is None or (head == "seq_cls" and cfg.model_type in ("bert", "albert"))
 
 
 def token_head_dropout(cfg: ModelConfig, head: str) -> float:
@@ -76,15 +80,19 @@ class MLMHead(nn.Module):
     @nn.compact
     def __call__(self, h_BxPxD, word_embeddings_VxD):
         cfg = self.config
-        y = dense(cfg, cfg.hidden_size, "transform", self.dtype)(h_BxPxD)
-        y = layer_norm(cfg, "norm", self.dtype)(activation(cfg.hidden_act)(y))
+        # ALBERT and ELECTRA decode from the embedding width; RoBERTa's lm_head and ELECTRA's
+        # generator apply gelu whatever hidden_act is.
+        y = dense(cfg, cfg.embed_dim, "transform", self.dtype)(h_BxPxD)
+        act = activation("gelu" if cfg.arch in ("roberta", "electra") else cfg.hidden_act)
+        y = layer_norm(cfg, "norm", self.dtype)(act(y))
         bias = self.param("bias", nn.initializers.zeros, (cfg.vocab_size,))
         return vocab_logits(y, word_embeddings_VxD.astype(self.dtype), bias.astype(self.dtype))
 
 
 class ClassificationHead(nn.Module):
-    """BERT: dropout -> out on the pooled vector. RoBERTa: dropout -> dense -> tanh -> dropout ->
-    out on <s>. DistilBERT: dense (pre_classifier) -> ReLU -> dropout -> out on [CLS]."""
+    """BERT, ALBERT: dropout -> out on the pooled vector. RoBERTa: dropout -> dense -> tanh ->
+    dropout -> out on <s>; ELECTRA the same with gelu (whatever hidden_act is). DistilBERT: dense
+    (pre_classifier) -> ReLU -> dropout -> out on [CLS]."""
 
     config: ModelConfig
     dtype: jnp.dtype = jnp.float32
@@ -101,15 +109,27 @@ class ClassificationHead(nn.Module):
                 else cfg.classifier_dropout
             )
         drop = lambda y: nn.Dropout(p)(y, deterministic=deterministic)
-        if cfg.model_type == "bert":
+        if cfg.model_type in ("bert", "albert"):
             x = drop(pooled_BxD)
-        elif cfg.model_type == "roberta":
-            x = drop(
-                jnp.tanh(dense(cfg, cfg.hidden_size, "dense", self.dtype)(drop(h_BxTxD[:, 0])))
-            )
+        elif cfg.arch in ("roberta", "electra"):
+            act = jnp.tanh if cfg.arch == "roberta" else activation("gelu")
+            x = drop(act(dense(cfg, cfg.hidden_size, "dense", self.dtype)(drop(h_BxTxD[:, 0]))))
         else:
             x = drop(jax.nn.relu(dense(cfg, cfg.hidden_size, "dense", self.dtype)(h_BxTxD[:, 0])))
         return dense(cfg, cfg.num_labels, "out", self.dtype)(x)
+
+
+class DiscriminatorHead(nn.Module):
+    """ELECTRA's discriminator_predictions: dense -> hidden_act -> one logit per token."""
+
+    config: ModelConfig
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, h_BxTxD):
+        cfg = self.config
+        y = activation(cfg.hidden_act)(dense(cfg, cfg.hidden_size, "dense", self.dtype)(h_BxTxD))
+        return dense(cfg, 1, "out", self.dtype)(y)[..., 0]
 
 
 class Model(nn.Module):
@@ -136,6 +156,11 @@ class Model(nn.Module):
         cfg, head = self.config, self.head
         if head not in HEADS:
             raise ValueError(f"unknown head {head!r}: expected one of {HEADS}")
+        if head not in FAMILY_HEADS[cfg.model_type]:
+            raise ValueError(
+                f"head {head!r} does not exist for {cfg.model_type}: expected one of "
+                f"{FAMILY_HEADS[cfg.model_type]}"
+            )
         last, aux = Encoder(
             cfg,
             self.dtype,
@@ -166,6 +191,8 @@ class Model(nn.Module):
                 # Only the masked positions need the vocabulary projection: [B,P,D] not [B,T,D].
                 last = jnp.take_along_axis(last, masked_positions[..., None], axis=1)
             logits = MLMHead(cfg, self.dtype, name="mlm")(last, word)
+        elif head == "electra_disc":
+            logits = DiscriminatorHead(cfg, self.dtype, name="discriminator")(last)
         elif head == "seq_cls":
             logits = ClassificationHead(cfg, self.dtype, name="classifier")(
                 last, aux.get("pooled"), deterministic

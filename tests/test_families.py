@@ -1,0 +1,236 @@
+"""The families beyond BERT/RoBERTa/DistilBERT against transformers' PyTorch models: XLM-R and
+CamemBERT (RoBERTa underneath, their own model_type), ELECTRA (factorised embeddings, its own
+heads), ALBERT (one shared layer); DistilRoBERTa; a multilingual-BERT-sized vocabulary.
+
+Every family x head: every hidden state, attention and the logits within 1e-5 of transformers in
+float32 (right-padded rows, the side these tokenizers pad), the export reloaded by the family's own
+transformers class bit-exact, students by slicing equal to the teacher's layers.
+"""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from flaxdistil import derive_student
+from flaxdistil.hf import load_pretrained, save_pretrained
+from flaxdistil.hf_table import AUTO_CLASSES
+from flaxdistil.models import FAMILY_HEADS, Model, ModelConfig
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+TOL = 1e-5
+# Odd widths (head dim 9, FFN 37, embeddings 20) and a different activation per family.
+CASES = {
+    "xlm-roberta": dict(hidden_size=36, intermediate_size=37, hidden_act="gelu"),
+    "camembert": dict(hidden_size=36, intermediate_size=37, hidden_act="silu"),
+    # ELECTRA's classification and generator heads use gelu whatever hidden_act says.
+    "electra": dict(hidden_size=36, intermediate_size=37, embedding_size=20, hidden_act="gelu_new"),
+    "albert": dict(hidden_size=36, intermediate_size=37, embedding_size=20, hidden_act="relu"),
+}
+PAIRS = [(f, h) for f in CASES for h in FAMILY_HEADS[f]]
+# ELECTRA with embedding_size == hidden_size (its large models): no embeddings_project.
+PAIRS += [("electra-square", h) for h in (None, "seq_cls")]
+CASES["electra-square"] = dict(CASES["electra"], embedding_size=36)
+
+
+def _batch(hf_config, B=3, T=11):
+    """Ids avoiding special tokens, rows right-padded to lengths T, 7, 4 with the family's pad."""
+    rng = np.random.RandomState(0)
+    ids = rng.randint(4, hf_config.vocab_size, (B, T))
+    mask = (np.arange(T)[None] < np.array([T, 7, 4])[:, None]).astype(np.int64)
+    ids = np.where(mask, ids, hf_config.pad_token_id)
+    types = None
+    if hf_config.type_vocab_size > 1:
+        types = (rng.rand(B, T) < 0.5).astype(np.int64) * mask
+    return ids, mask, types
+
+
+def _torch_forward(model, ids, mask, types):
+    kw = dict(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask))
+    if types is not None:
+        kw["token_type_ids"] = torch.tensor(types)
+    with torch.no_grad():
+        return model(**kw, output_hidden_states=True, output_attentions=True)
+
+
+def _torch_logits(out, head):
+    if head == "qa":
+        return np.stack([out.start_logits.numpy(), out.end_logits.numpy()], -1)
+    return out.logits.numpy()
+
+
+def _ours(pre, ids, mask, types, **kw):
+    return pre.model.apply(
+        {"params": pre.params},
+        ids,
+        mask,
+        types,
+        output_hidden_states=True,
+        output_attentions=True,
+        **kw,
+    )
+
+
+def _max_diffs(logits, aux, theirs, head) -> dict:
+    """Max abs differences over every position, padding included."""
+    d = {
+        "hidden_states": max(
+            float(np.abs(np.asarray(h) - t.numpy()).max())
+            for h, t in zip(aux["hidden_states"], theirs.hidden_states, strict=True)
+        ),
+        "attentions": max(
+            float(np.abs(np.asarray(a) - t.numpy()).max())
+            for a, t in zip(aux["attentions"], theirs.attentions, strict=True)
+        ),
+    }
+    if head is not None:
+        d["logits"] = float(np.abs(np.asarray(logits) - _torch_logits(theirs, head)).max())
+    if "pooled" in aux and getattr(theirs, "pooler_output", None) is not None:
+        d["pooled"] = float(np.abs(np.asarray(aux["pooled"]) - theirs.pooler_output.numpy()).max())
+    return d
+
+
+def _assert_same_model(a, b):
+    """Identical key sets and bit-identical tensors."""
+    sa, sb = a.state_dict(), b.state_dict()
+    assert set(sa) == set(sb)
+    differ = [k for k in sa if not torch.equal(sa[k], sb[k])]
+    assert not differ, differ
+
+
+def _reload(out, head):
+    auto = getattr(transformers, AUTO_CLASSES[head])
+    back, info = auto.from_pretrained(out, output_loading_info=True, attn_implementation="eager")
+    assert not (info["missing_keys"] or info["unexpected_keys"] or info["mismatched_keys"]), info
+    return back.eval()
+
+
+@pytest.mark.parametrize(("case", "head"), PAIRS)
+def test_vs_transformers_and_back(case, head, make_hf_model, tmp_path, parity_report):
+    family = case.removesuffix("-square")
+    hf = make_hf_model(family, head, **CASES[case])
+    hf.save_pretrained(tmp_path / "hf")
+    pre = load_pretrained(tmp_path / "hf", head=head)
+    assert pre.config.model_type == family
+    assert pre.report.new_init == [] and pre.report.unused == []
+    ids, mask, types = _batch(hf.config)
+    logits, aux = _ours(pre, ids, mask, types)
+    theirs = _torch_forward(hf, ids, mask, types)
+    assert aux["hidden_states"].shape == (4, 3, 11, 36)
+    if head is not None:
+        assert logits.shape == _torch_logits(theirs, head).shape
+    diffs = _max_diffs(logits, aux, theirs, head)
+    print(f"\n{case}/{head}: {diffs}")
+    parity_report[f"tiny/{case}/{head}"] = diffs
+    assert max(diffs.values()) <= TOL, diffs
+
+    out = save_pretrained(tmp_path / "out", pre.params, pre.config, head)
+    back = _reload(out, head)
+    assert type(back) is type(hf)  # XLMRobertaForMaskedLM, not RobertaForMaskedLM
+    _assert_same_model(hf, back)
+    a, b = _torch_forward(hf, ids, mask, types), _torch_forward(back, ids, mask, types)
+    for k in a:
+        pairs = zip(a[k], b[k], strict=True) if isinstance(a[k], tuple) else [(a[k], b[k])]
+        assert all(torch.equal(x, y) for x, y in pairs), k
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["model_type"] == family
+    assert saved["architectures"] == [type(hf).__name__]
+    for field in ("hidden_size", "intermediate_size", "hidden_act", "vocab_size", "pad_token_id",
+                  "type_vocab_size", "layer_norm_eps", "num_hidden_layers"):  # fmt: skip
+        assert getattr(back.config, field) == getattr(hf.config, field), field
+    if family in ("electra", "albert"):
+        assert back.config.embedding_size == hf.config.embedding_size
+    assert ModelConfig.from_hf(saved).replace(id2label=None) == pre.config.replace(id2label=None)
+
+
+@pytest.mark.parametrize("family", CASES)
+def test_students_by_slicing(family, make_hf_model, tmp_path):
+    """A 2-layer student is the teacher's layers (ALBERT: its one shared layer applied twice),
+    computes the teacher's hidden states up to its depth, and exports as the same family."""
+    base = family.removesuffix("-square")
+    hf = make_hf_model(base, "mlm", **CASES[family])
+    hf.save_pretrained(tmp_path / "hf")
+    pre = load_pretrained(tmp_path / "hf", head="mlm")
+    t_layer = pre.params["encoder"]["layer"]
+
+    student, cfg, ids = derive_student(pre.params, pre.config, layers=[0, 2])
+    assert cfg.model_type == base and cfg.num_hidden_layers == 2
+    assert cfg.embedding_size == pre.config.embedding_size
+    s_layer = student["encoder"]["layer"]
+    if base == "albert":
+        assert ids == [0, 1]  # the depths an ALBERT student reproduces
+        jax.tree.map(np.testing.assert_array_equal, s_layer, t_layer)
+        assert jax.tree.leaves(s_layer)[0].shape[0] == 1
+    else:
+        assert ids == [0, 2]
+        jax.tree.map(
+            lambda s, t: np.testing.assert_array_equal(s, t[np.array(ids)]), s_layer, t_layer
+        )
+
+    first, cfg1, _ = derive_student(pre.params, pre.config, layers="first", num_layers=2)
+    ids_, mask, types = _batch(hf.config)
+    _, t_aux = _ours(pre, ids_, mask, types)
+    _, s_aux = Model(cfg1, "mlm").apply(
+        {"params": first}, ids_, mask, types, output_hidden_states=True
+    )
+    np.testing.assert_allclose(s_aux["hidden_states"], t_aux["hidden_states"][:3], atol=1e-6)
+
+    out = save_pretrained(tmp_path / "student", student, cfg, "mlm")
+    back = _reload(out, "mlm")
+    assert type(back) is type(hf) and back.config.num_hidden_layers == 2
+    ours, _ = Model(cfg, "mlm").apply({"params": student}, ids_, mask, types)
+    theirs = _torch_forward(back, ids_, mask, types).logits.numpy()
+    assert np.abs(np.asarray(ours) - theirs).max() <= TOL
+
+
+def test_distilroberta(make_hf_model, tmp_path):
+    """DistilRoBERTa is a 6-layer RoBERTa: it loads, matches, and exports as a RoBERTa; so does
+    every other layer of a 12-layer RoBERTa."""
+    hf = make_hf_model("roberta", "mlm", num_hidden_layers=6)
+    hf.save_pretrained(tmp_path / "hf")
+    pre = load_pretrained(tmp_path / "hf", head="mlm")
+    assert pre.config.num_hidden_layers == 6
+    ids, mask, _ = _batch(hf.config)
+    logits, aux = _ours(pre, ids, mask, None)
+    assert max(_max_diffs(logits, aux, _torch_forward(hf, ids, mask, None), "mlm").values()) <= TOL
+    _assert_same_model(hf, _reload(save_pretrained(tmp_path / "o", pre.params, pre.config), "mlm"))
+
+    big = make_hf_model("roberta", "mlm", num_hidden_layers=12)
+    big.save_pretrained(tmp_path / "big")
+    teacher = load_pretrained(tmp_path / "big", head="mlm")
+    params, cfg, ids_ = derive_student(teacher.params, teacher.config)
+    assert ids_ == [0, 2, 4, 6, 8, 10] and cfg.model_type == "roberta"
+    back = _reload(save_pretrained(tmp_path / "s", params, cfg), "mlm")
+    assert type(back) is transformers.RobertaForMaskedLM and back.config.num_hidden_layers == 6
+
+
+def test_multilingual_bert_vocab_and_gathered_mlm(make_hf_model, tmp_path):
+    """mBERT's 119,547-token vocabulary; the gathered MLM head returns [N, V] for the N masked
+    tokens only, equal to transformers' logits at those positions."""
+    hf = make_hf_model("bert", "mlm", num_hidden_layers=2, vocab_size=119547)
+    hf.save_pretrained(tmp_path)
+    pre = load_pretrained(tmp_path, head="mlm")
+    assert pre.config.vocab_size == 119547
+    ids, mask, types = _batch(hf.config)
+    ids[0, 0] = 119546  # the last row of the table
+    flat = np.array([0, 3, 11 + 2, 11 + 6, 22 + 1])  # into the B*T tokens, real ones only
+    logits, _ = pre.model.apply({"params": pre.params}, ids, mask, types, masked_positions=flat)
+    assert logits.shape == (5, 119547)
+    theirs = _torch_forward(hf, ids, mask, types).logits.numpy().reshape(-1, 119547)[flat]
+    assert np.abs(np.asarray(logits) - theirs).max() <= TOL
+
+
+def test_albert_layer_groups_are_refused():
+    with pytest.raises(ValueError, match="num_hidden_groups=2, inner_group_num=1"):
+        ModelConfig.from_hf({"model_type": "albert", "num_hidden_groups": 2, "hidden_size": 32})
+    with pytest.raises(ValueError, match="inner_group_num=2"):
+        ModelConfig.from_hf({"model_type": "albert", "inner_group_num": 2, "hidden_size": 32})
+
+
+def test_family_heads_are_checked():
+    cfg = ModelConfig(vocab_size=99, hidden_size=32, num_hidden_layers=1, num_attention_heads=4)
+    with pytest.raises(ValueError, match="head 'electra_disc' does not exist for bert"):
+        Model(cfg, "electra_disc").init(jax.random.key(0), np.ones((1, 4), np.int32))
