@@ -230,6 +230,51 @@ def test_bare_encoder_as_classifier(make_hf_model, tmp_path):
     assert "classifier/out" in str(pre.report)
 
 
+def test_hub_download_prefers_safetensors_then_bin(bert_mlm, tmp_path, monkeypatch):
+    """A Hub repo with both formats downloads model.safetensors only; one with only
+    pytorch_model.bin downloads that (not other *.bin files); revision is passed through."""
+    import fnmatch
+
+    import huggingface_hub
+
+    hf, path, ref = bert_mlm
+    src = tmp_path / "src"
+    src.mkdir()
+    torch.save(hf.state_dict(), src / "pytorch_model.bin")
+    (src / "training_args.bin").write_bytes(b"not weights")
+    files = {
+        "config.json": path / "config.json",
+        "model.safetensors": path / "model.safetensors",
+        "pytorch_model.bin": src / "pytorch_model.bin",
+        "training_args.bin": src / "training_args.bin",
+    }
+    repos = {"org/both": files, "org/bin-only": {k: v for k, v in files.items() if "safe" not in k}}
+    calls = []
+
+    def snapshot_download(repo_id, *, revision=None, allow_patterns=None):
+        calls.append((repo_id, revision))
+        snap = tmp_path / "hub" / repo_id.replace("/", "--") / str(revision)
+        snap.mkdir(parents=True, exist_ok=True)
+        for name, f in repos[repo_id].items():
+            if any(fnmatch.fnmatch(name, p) for p in allow_patterns):
+                shutil.copy(f, snap / name)
+        return str(snap)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    both = load_pretrained("org/both", head="mlm", revision="v1.0")
+    assert both.report.weights_file == "model.safetensors"
+    assert sorted(p.name for p in both.path.iterdir()) == ["config.json", "model.safetensors"]
+    assert calls == [("org/both", "v1.0")]
+    _same_tree(both.params, ref.params)
+
+    calls.clear()
+    bin_only = load_pretrained("org/bin-only", head="mlm")
+    assert bin_only.report.weights_file == "pytorch_model.bin"
+    assert not (bin_only.path / "training_args.bin").exists()
+    assert calls == [("org/bin-only", None)] * 2  # safetensors first, then the bin
+    _same_tree(bin_only.params, ref.params)
+
+
 # ---------------------------------------------------------------- errors
 
 
