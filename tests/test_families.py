@@ -16,7 +16,7 @@ import pytest
 from flaxdistil import derive_student
 from flaxdistil.hf import load_pretrained, save_pretrained
 from flaxdistil.hf_table import AUTO_CLASSES
-from flaxdistil.models import FAMILY_HEADS, Model, ModelConfig
+from flaxdistil.models import FAMILY_HEADS, Model, ModelConfig, inference_fn
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -234,3 +234,29 @@ def test_family_heads_are_checked():
     cfg = ModelConfig(vocab_size=99, hidden_size=32, num_hidden_layers=1, num_attention_heads=4)
     with pytest.raises(ValueError, match="head 'electra_disc' does not exist for bert"):
         Model(cfg, "electra_disc").init(jax.random.key(0), np.ones((1, 4), np.int32))
+
+
+@pytest.mark.parametrize(("family", "head"), [("albert", "seq_cls"), ("electra", "electra_disc")])
+@pytest.mark.parametrize("unroll", [True, False])
+def test_inference_fn(family, head, unroll, make_hf_model, tmp_path):
+    """inference_fn's per-layer params (ALBERT: layer_0 applied num_hidden_layers times) and the
+    scanned ones give transformers' logits."""
+    hf = make_hf_model(family, head, **CASES[family])
+    hf.save_pretrained(tmp_path)
+    pre = load_pretrained(tmp_path, head=head)
+    fn, params = inference_fn(pre.config, head, pre.params, unroll_layers=unroll)
+    n_layer_modules = sum(k.startswith("layer_") for k in params["encoder"])
+    assert n_layer_modules == (pre.config.num_distinct_layers if unroll else 0)
+    ids, mask, types = _batch(hf.config)
+    ours = np.asarray(fn(params, ids, mask, types))
+    theirs = _torch_logits(_torch_forward(hf, ids, mask, types), head)
+    assert np.abs(ours - theirs).max() <= TOL
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="embedding_size 16 != hidden_size 32 needs"):
+        ModelConfig(hidden_size=32, num_attention_heads=4, embedding_size=16)
+    cfg = ModelConfig(model_type="albert", vocab_size=99, hidden_size=32, num_attention_heads=4,
+                      num_hidden_layers=1, embedding_size=16, add_pooler=False)  # fmt: skip
+    with pytest.raises(ValueError, match="albert sequence classifier reads the pooler"):
+        Model(cfg, "seq_cls").init(jax.random.key(0), np.ones((1, 4), np.int32))

@@ -62,6 +62,14 @@ class ModelConfig:
     def __post_init__(self):
         if self.model_type not in FAMILIES:
             raise ValueError(f"unknown model_type {self.model_type!r}: expected one of {FAMILIES}")
+        if self.embedding_size not in (None, self.hidden_size) and self.model_type not in (
+            "electra",
+            "albert",
+        ):  # no HF name to export a projection under
+            raise ValueError(
+                f"embedding_size {self.embedding_size} != hidden_size {self.hidden_size} needs "
+                f"model_type 'electra' or 'albert', got {self.model_type!r}"
+            )
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size {self.hidden_size} is not a multiple of "

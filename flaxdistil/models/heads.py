@@ -194,6 +194,11 @@ class Model(nn.Module):
         elif head == "electra_disc":
             logits = DiscriminatorHead(cfg, self.dtype, name="discriminator")(last)
         elif head == "seq_cls":
+            if cfg.model_type in ("bert", "albert") and not cfg.add_pooler:
+                raise ValueError(
+                    f"a {cfg.model_type} sequence classifier reads the pooler, but add_pooler is "
+                    "False (a BERT without token types and pooler is a DistilBERT)"
+                )
             logits = ClassificationHead(cfg, self.dtype, name="classifier")(
                 last, aux.get("pooled"), deterministic
             )
