@@ -254,7 +254,9 @@ def test_inference_fn(family, head, unroll, make_hf_model, tmp_path):
 
 
 def test_config_errors():
-    with pytest.raises(ValueError, match="embedding_size 16 != hidden_size 32 needs"):
+    with pytest.raises(
+        ValueError, match="embedding_size 16 != hidden_size 32 needs a model_type in"
+    ):
         ModelConfig(hidden_size=32, num_attention_heads=4, embedding_size=16)
     cfg = ModelConfig(model_type="albert", vocab_size=99, hidden_size=32, num_attention_heads=4,
                       num_hidden_layers=1, embedding_size=16, add_pooler=False)  # fmt: skip

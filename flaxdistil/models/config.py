@@ -13,6 +13,8 @@ FAMILY_HEADS = {f: HEADS[:5] for f in FAMILIES} | {"electra": HEADS}
 # Families that are another family's code and HF key names under their own model_type (and
 # architectures on export): XLM-R and CamemBERT are RoBERTa with other vocabularies.
 SAME_AS = {"xlm-roberta": "roberta", "camembert": "roberta"}
+# Families with factorised embeddings (embedding_size, projected to hidden_size).
+FACTORISED = ("electra", "albert")
 
 # Fields a family spells differently from BERT; one table serves reading and writing config.json.
 RENAMED = {
@@ -62,13 +64,13 @@ class ModelConfig:
     def __post_init__(self):
         if self.model_type not in FAMILIES:
             raise ValueError(f"unknown model_type {self.model_type!r}: expected one of {FAMILIES}")
-        if self.embedding_size not in (None, self.hidden_size) and self.model_type not in (
-            "electra",
-            "albert",
-        ):  # no HF name to export a projection under
-            raise ValueError(
+        if (
+            self.embedding_size not in (None, self.hidden_size)
+            and self.model_type not in FACTORISED
+        ):
+            raise ValueError(  # the other families have no HF name for the projection
                 f"embedding_size {self.embedding_size} != hidden_size {self.hidden_size} needs "
-                f"model_type 'electra' or 'albert', got {self.model_type!r}"
+                f"a model_type in {FACTORISED}, got {self.model_type!r}"
             )
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
@@ -142,7 +144,7 @@ class ModelConfig:
         else:
             for k in ("sinusoidal_pos_embds", "seq_classif_dropout", "qa_dropout"):
                 d.pop(k)
-        if self.model_type in ("electra", "albert"):
+        if self.model_type in FACTORISED:
             d["embedding_size"] = self.embed_dim  # HF's defaults (128) are not ours
         else:
             d.pop("embedding_size")
