@@ -111,7 +111,7 @@ def main(argv=None) -> dict:
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip()
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
-    from flaxdistil import bench, bench_report, bench_suite
+    from flaxdistil.bench import cases, measure, report, suite
     from flaxdistil.models import ModelConfig
 
     cfg = ModelConfig(
@@ -122,11 +122,11 @@ def main(argv=None) -> dict:
         intermediate_size=4 * args.hidden,
         max_position_embeddings=max(512, *args.seq),
     )
-    variants = [bench.Variant.parse(v) for v in args.variants]
+    variants = [cases.Variant.parse(v) for v in args.variants]
     torch_modes = (["eager"] + ["compile"] * args.torch_compile) if args.torch else []
     common = dict(student_layers=args.student_layers)
     sections = {
-        "infer": lambda: bench_suite.infer_section(
+        "infer": lambda: suite.infer_section(
             cfg,
             **common,
             latency_tokens=args.latency_tokens,
@@ -139,7 +139,7 @@ def main(argv=None) -> dict:
             with_torch=args.torch,
             torch_threads=args.torch_threads,
         ),
-        "train": lambda: bench_suite.train_section(
+        "train": lambda: suite.train_section(
             cfg,
             **common,
             seqs=args.seq,
@@ -157,7 +157,7 @@ def main(argv=None) -> dict:
     setup = (
         f"teacher {args.layers}x{args.hidden} -> student {args.student_layers}L, vocab {args.vocab}"
     )
-    results = {"machine": bench.machine_info(), "runs": []}
+    results = {"machine": measure.machine_info(), "runs": []}
     for name in args.sections:
         if name not in sections:
             raise ValueError(f"unknown section {name!r}: expected one of {list(sections)}")
@@ -175,21 +175,21 @@ def main(argv=None) -> dict:
         )
     js = _paths(args, results)[0]
     if args.merge and js.exists():
-        results = bench_report.merge(json.loads(js.read_text()), results)
-    results["targets"] = bench_report.targets(results)
-    _write(args, results, bench_report.to_markdown(results))
+        results = report.merge(json.loads(js.read_text()), results)
+    results["targets"] = report.targets(results)
+    _write(args, results, report.to_markdown(results))
     return results
 
 
 def _scaling(args, cfg, variant) -> list[dict]:
     import jax
 
-    from flaxdistil import bench_suite
+    from flaxdistil.bench import suite
 
     counts = args.scaling_devices or list(range(1, jax.device_count() + 1))
     if jax.device_count() < max(counts):
         return _scaling_subprocess(args, max(counts))
-    rows = bench_suite.scaling_section(
+    rows = suite.scaling_section(
         cfg,
         student_layers=args.student_layers,
         seq=args.seq[0],

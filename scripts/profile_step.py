@@ -37,7 +37,8 @@ def main(argv=None) -> dict:
     args = parse(argv)
     import jax
 
-    from flaxdistil import bench
+    from flaxdistil.bench import cases
+    from flaxdistil.bench.profile import format_op_profile, op_profile, read_trace_events
     from flaxdistil.models import ModelConfig
 
     cfg = ModelConfig(
@@ -48,10 +49,10 @@ def main(argv=None) -> dict:
         intermediate_size=4 * args.hidden,
         max_position_embeddings=max(512, args.seq),
     )
-    t_params, s_params, s_cfg = bench.teacher_student(cfg, args.student_layers, "mlm")
-    batch = bench.random_batch(args.batch, args.seq, cfg.vocab_size)
-    variant = bench.Variant.parse(args.variant)
-    run, _ = bench.jax_train_case(t_params, s_params, cfg, s_cfg, batch, args.dtype, variant)
+    t_params, s_params, s_cfg = cases.teacher_student(cfg, args.student_layers, "mlm")
+    batch = cases.random_batch(args.batch, args.seq, cfg.vocab_size)
+    variant = cases.Variant.parse(args.variant)
+    run, _ = cases.jax_train_case(t_params, s_params, cfg, s_cfg, batch, args.dtype, variant)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         with jax.profiler.trace(tmp, create_perfetto_trace=True):
@@ -59,9 +60,9 @@ def main(argv=None) -> dict:
                 run()
         wall_s = (time.perf_counter() - t0) / args.steps
         trace = next(Path(tmp).rglob("*.trace.json.gz"))
-        profile = bench.op_profile(bench.read_trace_events(trace), args.steps)
+        profile = op_profile(read_trace_events(trace), args.steps)
     profile |= {"step_wall_ms": 1e3 * wall_s, "args": vars(args), "backend": jax.default_backend()}
-    print(bench.format_op_profile(profile))
+    print(format_op_profile(profile))
     out = Path(args.out) / f"{args.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(profile, indent=2) + "\n")

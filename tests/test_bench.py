@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flaxdistil import bench, bench_report, train
+from flaxdistil import objective
+from flaxdistil.bench import cases, measure, profile, report
 from flaxdistil.models import ModelConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,34 +83,34 @@ def test_step_flops_match_a_hand_count():
     # per layer and token: 2 * (4*16 + 2*4*8) matmul + 4*T*D attention; head: 2 * (16 + 40)
     layer = lambda T: 2 * (4 * 16 + 2 * 4 * 8) + 4 * T * 4
     want = 6 * (2 * layer(3)) + 5 * 2 * (16 + 40) + 3 * (6 * layer(3) + 5 * 2 * (16 + 40))
-    assert bench.step_flops(t, s, batch=2, seq=3, rows=5) == want
+    assert measure.step_flops(t, s, batch=2, seq=3, rows=5) == want
 
 
 def test_peaks_and_variants():
-    assert bench.peak_tflops("NVIDIA H100 80GB HBM3", "bfloat16") == 989
-    assert bench.peak_tflops("NVIDIA H100 PCIe", "bfloat16") == 756
-    assert bench.peak_tflops("NVIDIA H200", "float32") == 67
-    assert bench.peak_tflops("cpu", "bfloat16") is None
-    assert bench.peak_tflops("cpu", "bfloat16", override=2.5) == 2.5
-    v = bench.Variant.parse("gather+fused+remat=dots+teacher=bfloat16+rng=rbg")
+    assert measure.peak_tflops("NVIDIA H100 80GB HBM3", "bfloat16") == 989
+    assert measure.peak_tflops("NVIDIA H100 PCIe", "bfloat16") == 756
+    assert measure.peak_tflops("NVIDIA H200", "float32") == 67
+    assert measure.peak_tflops("cpu", "bfloat16") is None
+    assert measure.peak_tflops("cpu", "bfloat16", override=2.5) == 2.5
+    v = cases.Variant.parse("gather+fused+remat=dots+teacher=bfloat16+rng=rbg")
     assert (v.gather, v.fused, v.remat, v.teacher, v.rng) == (True, True, "dots", "bfloat16", "rbg")
-    assert bench.Variant.parse(v.name) == v and bench.Variant.parse("base") == bench.Variant()
+    assert cases.Variant.parse(v.name) == v and cases.Variant.parse("base") == cases.Variant()
     with pytest.raises(ValueError, match="unknown variant part 'fast'"):
-        bench.Variant.parse("gather+fast")
-    assert bench.Variant.parse("gather+dots=eigen").dots == "eigen"
+        cases.Variant.parse("gather+fast")
+    assert cases.Variant.parse("gather+dots=eigen").dots == "eigen"
     with pytest.raises(ValueError, match="unknown variant part 'dots=mkl'"):
-        bench.Variant.parse("dots=mkl")
+        cases.Variant.parse("dots=mkl")
 
 
 def test_targets_need_a_gpu_for_the_gpu_targets():
     results = {"machine": {"backend": "cpu"}, "train": [], "inference": []}
-    statuses = {t["target"]: t["status"] for t in bench_report.targets(results)}
+    statuses = {t["target"]: t["status"] for t in report.targets(results)}
     assert all(s.startswith("not measured") for s in statuses.values())
 
 
 def test_masked_capacity():
     for n, p in ((1024, 0.15), (65536, 0.15), (16, 0.15), (100, 0.5)):
-        cap = train.masked_capacity(n, p)
+        cap = objective.masked_capacity(n, p)
         assert cap <= n and (cap % 8 == 0 or cap == n)
         assert cap == n or cap >= p * n + 6 * np.sqrt(n * p * (1 - p))
 
@@ -122,7 +123,7 @@ def test_merge_replaces_only_the_same_section_and_sizes():
         "inference": [{"setup": "a", "x": 0}],
     }
     new = {"machine": {}, "runs": [run("train", "a")], "train": [{"setup": "a", "x": 1}]}
-    out = bench_report.merge(old, new)
+    out = report.merge(old, new)
     assert [(r["section"], r["setup"]) for r in out["runs"]] == [
         ("train", "b"),
         ("inference", "a"),
@@ -134,10 +135,14 @@ def test_merge_replaces_only_the_same_section_and_sizes():
 
 @pytest.mark.parametrize("gather", [False, True])
 def test_torch_reference_computes_flaxdistils_loss(gather):
-    """The PyTorch step's loss equals losses.distil_loss on the same weights and masks (student in
-    eval mode: dropout draws differ), so the two frameworks time the same work."""
+    """The PyTorch step's loss equals objective.compose with the benchmark's objective on the same
+    weights and masks, with the heads gathered as in the jitted step (student in eval mode:
+    dropout draws differ), so the two frameworks time the same work."""
     torch = pytest.importorskip("torch")
-    from flaxdistil import bench_torch, hf, losses
+    import jax.numpy as jnp
+
+    from flaxdistil import hf
+    from flaxdistil.bench import torch_ref
     from flaxdistil.models import Model
 
     cfg = ModelConfig(
@@ -151,32 +156,43 @@ def test_torch_reference_computes_flaxdistils_loss(gather):
     s_cfg = cfg.replace(num_hidden_layers=1)
     torch.manual_seed(0)
     t_torch, s_torch = (
-        bench_torch.transformers.BertForMaskedLM(bench_torch.bert_config(c)).eval()
+        torch_ref.transformers.BertForMaskedLM(torch_ref.bert_config(c)).eval()
         for c in (cfg, s_cfg)
     )
-    batch = bench.random_batch(3, 12, cfg.vocab_size)
+    batch = cases.random_batch(3, 12, cfg.vocab_size)
     batch["attention_mask"][2, 7:] = 0
     ids, mask = (torch.from_numpy(batch[k]).long() for k in ("input_ids", "attention_mask"))
-    masked, labels = bench_torch.mask_tokens(ids, mask, cfg.vocab_size, p=0.4)
-    want = bench_torch.distil_loss(t_torch, s_torch, masked, labels, mask, gather)
+    masked, labels = torch_ref.mask_tokens(ids, mask, cfg.vocab_size, p=0.4)
+    want = torch_ref.distil_loss(t_torch, s_torch, masked, labels, mask, gather)
+
+    obj = cases.distilbert_objective(cfg, s_cfg, gather)
+    positions, head_labels = None, jnp.asarray(labels.numpy())
+    if gather:  # the first masked_capacity masked tokens, as both steps take them
+        positions, head_labels, _ = objective.masked_rows(head_labels, obj.mlm_probability)
 
     def flax_out(model, c):
         sd = {k: v.detach().numpy() for k, v in model.state_dict().items()}
         params = hf.convert_from_hf(sd, c, "mlm")[0]
-        logits, aux = Model(c).apply({"params": params}, masked.numpy(), mask.numpy())
-        return {"logits": logits, "hidden": aux["last_hidden_state"]}
+        return Model(c).apply(
+            {"params": params},
+            masked.numpy(),
+            mask.numpy(),
+            masked_positions=positions,
+            **obj.outputs("S"),
+        )
 
-    total, _ = losses.distil_loss(
+    total, terms = objective.compose(
+        obj,
         flax_out(s_torch, s_cfg),
         flax_out(t_torch, cfg),
-        {"attention_mask": mask.numpy(), "labels": labels.numpy()},
-        temperature=2.0,
-        alpha_ce=5.0,
-        alpha_mlm=2.0,
-        alpha_cos=1.0,
-        restrict_ce_to_mask=gather,
+        {"attention_mask": mask.numpy()},
+        head_labels,
+        {},
+        objective.hparams(cases.DISTILBERT_WEIGHTS, obj),
+        jnp.zeros((), jnp.int32),
     )
     assert int((labels != -100).sum()) > 0
+    assert set(terms) >= {"loss_hard", "loss_kd", "loss_m0_cos_s1_t2"}
     np.testing.assert_allclose(float(total), float(want.detach()), rtol=2e-5)
 
 
@@ -197,14 +213,14 @@ def test_op_profile_counts_self_time_on_op_threads():
         span(7, 100, 40, "copy.5"),  # starts as the loop ends: not nested
         span(8, 0, 500, "$api.py block_until_ready"),
     ]
-    prof = bench.op_profile(events, steps=2)
+    prof = profile.op_profile(events, steps=2)
     assert prof["top_ops_ms"] == pytest.approx(
         {"while.3": 0.030, "dot.1": 0.015, "copy.5": 0.020, "dot.2": 0.005}
     )
     assert prof["kinds_ms"] == pytest.approx({"while": 0.030, "dot": 0.020, "copy": 0.020})
     assert prof["op_ms_total"] == pytest.approx(0.070)
     assert prof["matmul_ms"] == pytest.approx(0.020)
-    assert bench.op_kind("bitcast_dynamic-update-slice_fusion.9") == (
+    assert profile.op_kind("bitcast_dynamic-update-slice_fusion.9") == (
         "bitcast_dynamic-update-slice_fusion"
     )
 

@@ -6,7 +6,7 @@ The step is DistilBERT's (HF research_projects/distillation/distiller.py): BERT-
 5 * KL(T=2) * T^2 over non-pad tokens + 2 * MLM cross-entropy + 1 * cosine of the last hidden
 states, global-norm clipping and torch.optim.AdamW. With ``gather`` both MLM heads run on the
 masked tokens only (the first ``masked_capacity`` of them) and the KL covers those, as
-flaxdistil's DistillSpec(gather_masked=True). Losses are written without data-dependent shapes so
+flaxdistil's Objective(gather_masked=True). Losses are written without data-dependent shapes so
 that torch.compile sees one graph.
 """
 
@@ -20,9 +20,8 @@ import torch
 import torch.nn.functional as F
 import transformers
 
-from flaxdistil import train
-from flaxdistil.bench import (
-    FIRST_WORD_ID,
+from flaxdistil.bench.cases import FIRST_WORD_ID
+from flaxdistil.bench.measure import (
     Case,
     classifier_flops,
     peak_memory,
@@ -30,6 +29,7 @@ from flaxdistil.bench import (
     step_flops,
 )
 from flaxdistil.models import ModelConfig
+from flaxdistil.objective import masked_capacity
 
 MASK_ID, IGNORE = 103, -100
 DEFAULT_THREADS = torch.get_num_threads()
@@ -101,7 +101,7 @@ def distil_loss(teacher, student, masked, labels_BxT, mask_BxT, gather: bool, te
     t_h_NxD, s_h_NxD = t_h_BxTxD.flatten(0, 1), s_h_BxTxD.flatten(0, 1)
     labels, rows = labels_BxT.flatten(), mask_BxT.flatten() > 0
     if gather:
-        n = train.masked_capacity(labels.numel(), 0.15)
+        n = masked_capacity(labels.numel(), 0.15)
         selected = labels != IGNORE
         # A stable sort puts the selected tokens first, in order: a static-shape nonzero.
         pos = torch.argsort((~selected).to(torch.int8), stable=True)[:n]
@@ -173,7 +173,7 @@ def torch_train_case(
     if not torch.isfinite(loss):
         raise RuntimeError(f"torch benchmark step went wrong: loss {float(loss.detach())}")
     B, T = ids.shape
-    rows = train.masked_capacity(B * T, 0.15) if gather else B * T
+    rows = masked_capacity(B * T, 0.15) if gather else B * T
     return run, {
         "compile_s": first_s,  # the first step: torch.compile's compilation happens there
         "flops": step_flops(t_cfg, s_cfg, B, T, rows),

@@ -1,4 +1,4 @@
-"""The benchmark's sections (training, inference, scaling) and their markdown report.
+"""The benchmark's sections (training, inference, scaling): rows for the JSON and report.py.
 
 Each section builds its cases one by one (a failing case becomes a row with its error, so that a
 torch.compile that does not work on some machine is reported, not fatal), times the cases of one
@@ -15,12 +15,13 @@ from collections.abc import Callable
 
 import jax
 
-from flaxdistil import bench, xla_cpu
-from flaxdistil.bench import Variant
+from flaxdistil import xla_cpu
+from flaxdistil.bench import cases, measure
+from flaxdistil.bench.cases import Variant
 from flaxdistil.models import ModelConfig
 
 
-def _build(built: list, meta: dict, make: Callable[..., bench.Case], *args, **kw) -> None:
+def _build(built: list, meta: dict, make: Callable[..., measure.Case], *args, **kw) -> None:
     try:
         run, info = make(*args, **kw)
     except Exception as e:  # noqa: BLE001 - reported in the row, e.g. a torch.compile failure
@@ -33,11 +34,11 @@ def _build(built: list, meta: dict, make: Callable[..., bench.Case], *args, **kw
 def _time(built: list, repeats: int, settle: bool = False) -> list[dict]:
     """Time the built cases interleaved; each call processes row['batch'] x row['seq'] tokens."""
     runs = {i: run for i, (_, run) in enumerate(built) if run is not None}
-    times = bench.interleaved(runs, repeats, settle)
+    times = measure.interleaved(runs, repeats, settle)
     rows = []
     for i, (row, _) in enumerate(built):
         if i in times:
-            t = bench.summarise(times[i])
+            t = measure.summarise(times[i])
             seqs, tokens = row["batch"], row["batch"] * row["seq"]
             row |= {
                 "time": t,
@@ -66,7 +67,7 @@ def _fastest(rows: list[dict]) -> dict | None:
 def _mfu(rows: list[dict], peak_override: float | None) -> None:
     kind = jax.devices()[0].device_kind
     for row in rows:
-        peak = bench.peak_tflops(kind, row["dtype"], peak_override)
+        peak = measure.peak_tflops(kind, row["dtype"], peak_override)
         row["peak_tflops"] = peak
         if "tflops_per_s" in row:
             row["mfu"] = row["tflops_per_s"] / peak if peak else None
@@ -88,29 +89,29 @@ def train_section(
 ) -> list[dict]:
     """The distillation step: flaxdistil variants against torch (eager / compile) per seq, dtype."""
     if torch_modes:
-        from flaxdistil import bench_torch
+        from flaxdistil.bench import torch_ref
 
-    t_params, s_params, s_cfg = bench.teacher_student(cfg, student_layers, "mlm")
+    t_params, s_params, s_cfg = cases.teacher_student(cfg, student_layers, "mlm")
     gathers = sorted({v.gather for v in variants})
     rows = []
     for seq in seqs:
-        host = bench.random_batch(batch, seq, cfg.vocab_size)
+        host = cases.random_batch(batch, seq, cfg.vocab_size)
         for dtype in dtypes:
             meta = {"seq": seq, "dtype": dtype, "batch": batch}
             built: list = []
             for v in variants:
                 meta_v = meta | {"impl": "flaxdistil", "variant": v.name}
                 args = (t_params, s_params, cfg, s_cfg, host, dtype, v)
-                _build(built, meta_v, bench.jax_train_case, *args)
+                _build(built, meta_v, cases.jax_train_case, *args)
             for mode, gather, threads in itertools.product(torch_modes, gathers, torch_threads):
                 impl = f"torch {mode}" + _threads_note(threads, torch_threads)
                 meta_t = meta | {"impl": impl, "variant": ("base", "gather")[gather]}
                 kw = {"gather": gather, "compile": mode == "compile", "threads": threads}
-                _build(built, meta_t, bench_torch.torch_train_case, cfg, s_cfg, host, dtype, **kw)
+                _build(built, meta_t, torch_ref.torch_train_case, cfg, s_cfg, host, dtype, **kw)
             group = _time(built, steps)
             if check_flops:
                 for gather in gathers:
-                    check = bench.flops_check(cfg, s_cfg, batch, seq, dtype, Variant(gather))
+                    check = cases.flops_check(cfg, s_cfg, batch, seq, dtype, Variant(gather))
                     for row in group:
                         if (
                             row["impl"] == "flaxdistil"
@@ -158,7 +159,7 @@ def infer_section(
     flaxdistil (models.inference_fn: scanned and unrolled layers; on CPU also without its Eigen
     dots) vs torch (eager, inference_mode)."""
     cfg = cfg.replace(num_labels=1)  # an STS-B-like regression head
-    t_params, s_params, s_cfg = bench.teacher_student(cfg, student_layers, "seq_cls")
+    t_params, s_params, s_cfg = cases.teacher_student(cfg, student_layers, "seq_cls")
     models = {"teacher": (cfg, t_params), "student": (s_cfg, s_params)}
     rows = []
     jax_variants = {
@@ -175,7 +176,7 @@ def infer_section(
         ("throughput", throughput_batch, throughput_seq, throughput_repeats),
     ]
     for mode, batch, seq, repeats in shapes:
-        host = bench.random_batch(batch, seq, cfg.vocab_size)
+        host = cases.random_batch(batch, seq, cfg.vocab_size)
         built: list = []
         for who, (c, params) in models.items():
             meta = {
@@ -188,13 +189,13 @@ def infer_section(
             for variant, kw in jax_variants.items():
                 meta_j = meta | {"impl": "flaxdistil", "variant": variant}
                 kw = kw | {"fused": fused}
-                _build(built, meta_j, bench.jax_infer_case, c, params, host, dtype, **kw)
+                _build(built, meta_j, cases.jax_infer_case, c, params, host, dtype, **kw)
             for threads in torch_threads if with_torch else ():
-                from flaxdistil import bench_torch
+                from flaxdistil.bench import torch_ref
 
                 meta_t = meta | {"impl": "torch eager", "variant": f"{threads or 'default'} thr"}
-                _build(built, meta_t, bench_torch.torch_infer_case, c, host, dtype, threads)
-        group = _time(built, repeats, settle=True)  # short calls: see bench.interleaved
+                _build(built, meta_t, torch_ref.torch_infer_case, c, host, dtype, threads)
+        group = _time(built, repeats, settle=True)  # short calls: see measure.interleaved
         _infer_ratios([r for r in group if "ms" in r])
         rows += group
     return rows
@@ -223,10 +224,10 @@ def scaling_section(
     device_counts: list[int],
 ) -> list[dict]:
     """Tokens/s of the step on 1..N devices with a fixed batch per device (weak scaling)."""
-    t_params, s_params, s_cfg = bench.teacher_student(cfg, student_layers, "mlm")
+    t_params, s_params, s_cfg = cases.teacher_student(cfg, student_layers, "mlm")
     built: list = []
     for n in device_counts:
-        host = bench.random_batch(per_device_batch * n, seq, cfg.vocab_size)
+        host = cases.random_batch(per_device_batch * n, seq, cfg.vocab_size)
         meta = {
             "devices": n,
             "batch": per_device_batch * n,
@@ -235,7 +236,7 @@ def scaling_section(
             "variant": variant.name,
         }
         args = (t_params, s_params, cfg, s_cfg, host, dtype, variant)
-        _build(built, meta, bench.jax_train_case, *args, devices=jax.devices()[:n])
+        _build(built, meta, cases.jax_train_case, *args, devices=jax.devices()[:n])
     rows = _time(built, steps)
     one = next((r for r in rows if r.get("devices") == 1 and "tokens_per_s" in r), None)
     for row in rows:

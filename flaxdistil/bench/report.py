@@ -1,8 +1,8 @@
-"""The benchmark's markdown report and issue 5's targets, from the rows of bench_suite."""
+"""The benchmark's markdown report and issue 5's targets, from the rows of suite.py."""
 
 from __future__ import annotations
 
-from flaxdistil import bench
+from flaxdistil.bench.measure import MFU_UNKNOWN
 
 
 def targets(results: dict) -> list[dict]:
@@ -71,7 +71,7 @@ def _spread(row):
 
 
 def _mfu(row):
-    return bench.MFU_UNKNOWN if row.get("mfu") is None else f"{100 * row['mfu']:.1f}%"
+    return MFU_UNKNOWN if row.get("mfu") is None else f"{100 * row['mfu']:.1f}%"
 
 
 def _table(rows: list[dict], columns: list[tuple[str, object]]) -> list[str]:
@@ -179,7 +179,7 @@ def to_markdown(results: dict, title: str = "flaxdistil benchmark") -> str:
         "optimizer state, compiled step and temporaries; freed memory that the allocator reuses "
         "is not counted again), and the process's peak RSS in brackets (* where the high-water "
         "mark could not be reset: the process's peak so far). MFU counts model FLOPs "
-        "(bench.step_flops).",
+        "(flaxdistil.bench.measure.step_flops).",
     ]
     for key, (title_, columns) in SECTIONS.items():
         for run in (r for r in results.get("runs", []) if r["section"] == key):
