@@ -226,7 +226,7 @@ def convert_from_hf(sd: dict, cfg: ModelConfig, head: str | None, rng=None):
     template = jax.eval_shape(lambda: init_params(cfg, head, jax.random.key(0)))
     wanted = set(_paths(template))
     params, used, missing, misshapen, new_init = {}, set(), [], [], []
-    for path, key, transpose, is_head, module in hf_table.rows(cfg.model_type, head):
+    for path, key, layout, is_head, module in hf_table.rows(cfg.model_type, head):
         if path not in wanted:  # e.g. the pooler of a head that has none
             continue
         stacked = "{i}" in key
@@ -241,12 +241,12 @@ def convert_from_hf(sd: dict, cfg: ModelConfig, head: str | None, rng=None):
         # Check each HF tensor in HF's own layout before stacking: the message then names shapes
         # as the checkpoint has them, and one odd layer cannot crash np.stack.
         want = _get(template, path).shape[1 if stacked else 0 :]
-        want = want[::-1] if transpose else want
+        want = hf_table.hf_shape(want, layout, cfg.num_attention_heads)
         bad = [f"{k}: expected {want}, found {sd[k].shape}" for k in keys if sd[k].shape != want]
         if bad:
             misshapen += bad
             continue
-        arrs = [sd[k].T if transpose else sd[k] for k in keys]
+        arrs = [hf_table.from_hf(sd[k], layout) for k in keys]
         _set(params, path, np.stack(arrs) if stacked else arrs[0])
         used.update(keys)
     _check_tied(sd, cfg.model_type, misshapen)
@@ -332,17 +332,18 @@ def as_distilbert(cfg: ModelConfig) -> ModelConfig:
 def convert_to_hf(params: dict, cfg: ModelConfig, head: str | None) -> dict[str, np.ndarray]:
     prefix = f"{hf_table.PREFIX[cfg.model_type]}." if head is not None else ""
     have = set(_paths(params))
+    H = cfg.num_attention_heads
     sd = {}
-    for path, key, transpose, is_head, _ in hf_table.rows(cfg.model_type, head):
+    for path, key, layout, is_head, _ in hf_table.rows(cfg.model_type, head):
         if path not in have:
             continue
         value = np.asarray(_get(params, path), np.float32)
         name = key if is_head else prefix + key
         if "{i}" in key:
             for i in range(value.shape[0]):
-                sd[name.format(i=i)] = np.ascontiguousarray(value[i].T if transpose else value[i])
+                sd[name.format(i=i)] = np.ascontiguousarray(hf_table.to_hf(value[i], layout, H))
         else:
-            sd[name] = np.ascontiguousarray(value.T if transpose else value)
+            sd[name] = np.ascontiguousarray(hf_table.to_hf(value, layout, H))
     if head == "mlm":  # HF's decoder bias is the head bias under a second name
         for tied, source in hf_table.TIED[cfg.model_type].items():
             if tied.endswith("decoder.bias"):

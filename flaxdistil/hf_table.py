@@ -7,6 +7,7 @@ all layers on a leading axis, HF has one key per layer. The kind says how tensor
   norm   scale <-> weight, bias <-> bias
   embed  embedding <-> weight
   param  the tensor itself
+  heads, heads_out  XLNet's einsum projections: kernel [D, H*K] (out: [H*K, D]) <-> [D, H, K]
 
 hf.py walks these rows in both directions (load and export), so a name lives in one place only.
 Backbone names are relative to the family prefix (``bert.``, ``roberta.``, ``distilbert.``, ...,
@@ -50,6 +51,25 @@ _ALBERT_LAYER = [
     ]
 ]
 
+_XLNET_LAYER = [
+    (f"encoder/layer/{ours}", f"layer.{{i}}.{theirs}", kind)
+    for ours, theirs, kind in [
+        ("attention/query", "rel_attn.q", "heads"),
+        ("attention/key", "rel_attn.k", "heads"),
+        ("attention/value", "rel_attn.v", "heads"),
+        ("attention/pos", "rel_attn.r", "heads"),
+        ("attention/out", "rel_attn.o", "heads_out"),
+        ("attention/r_w_bias", "rel_attn.r_w_bias", "param"),
+        ("attention/r_r_bias", "rel_attn.r_r_bias", "param"),
+        ("attention/r_s_bias", "rel_attn.r_s_bias", "param"),
+        ("attention/seg_embed", "rel_attn.seg_embed", "param"),
+        ("attention_norm", "rel_attn.layer_norm", "norm"),
+        ("fc1", "ff.layer_1", "dense"),
+        ("fc2", "ff.layer_2", "dense"),
+        ("mlp_norm", "ff.layer_norm", "norm"),
+    ]
+]
+
 BACKBONE = {
     "bert": _EMBEDDINGS + _BERT_LAYER + _POOLER,
     "roberta": _EMBEDDINGS + _BERT_LAYER + _POOLER,
@@ -72,6 +92,11 @@ BACKBONE = {
     + [("encoder/embeddings/project", "encoder.embedding_hidden_mapping_in", "dense")]
     + _ALBERT_LAYER
     + [("encoder/pooler", "pooler", "dense")],
+    "xlnet": [
+        ("encoder/embeddings/word_embeddings", "word_embedding", "embed"),
+        ("encoder/embeddings/mask_emb", "mask_emb", "param"),
+    ]
+    + _XLNET_LAYER,
 }
 
 _TOKEN_CLS = [("classifier", "classifier", "dense")]
@@ -120,6 +145,10 @@ HEAD = {
         ("mlm/bias", "predictions.bias", "param"),
     ],
     ("albert", "seq_cls"): [("classifier/out", "classifier", "dense")],
+    ("xlnet", "seq_cls"): [
+        ("classifier/dense", "sequence_summary.summary", "dense"),
+        ("classifier/out", "logits_proj", "dense"),
+    ],
     **{(f, "token_cls"): _TOKEN_CLS for f in BACKBONE},
     **{(f, "qa"): _QA for f in BACKBONE},
 }
@@ -141,6 +170,7 @@ TIED = {
         "predictions.decoder.weight": "embeddings.word_embeddings.weight",
         "predictions.decoder.bias": "predictions.bias",
     },
+    "xlnet": {},
 }
 BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids")
 
@@ -152,6 +182,8 @@ HEAD_NAMESPACES = {
     "distilbert": ("vocab_", "pre_classifier.", "classifier.", "qa_outputs."),
     "electra": ("generator_", "discriminator_predictions.", "classifier.", "qa_outputs."),
     "albert": ("predictions.", "sop_classifier.", "classifier.", "qa_outputs.", "pooler."),
+    "xlnet": ("lm_loss.", "sequence_summary.", "logits_proj.", "classifier.", "qa_outputs.")
+    + ("start_logits.", "end_logits.", "answer_class."),  # XLNetForQuestionAnswering's beam heads
 }
 
 # Families that run another's code use its rows, under their own model_type.
@@ -161,7 +193,7 @@ for _family, _base in SAME_AS.items():
     HEAD.update({(_family, h): r for (f, h), r in list(HEAD.items()) if f == _base})
 
 # The module name HF's task models keep the backbone under.
-PREFIX = {f: SAME_AS.get(f, f) for f in FAMILIES}
+PREFIX = {f: SAME_AS.get(f, f) for f in FAMILIES} | {"xlnet": "transformer"}
 
 # transformers' class names: f"{CLASS_PREFIX}{suffix}".
 _CLASS_PREFIX = {
@@ -172,6 +204,7 @@ _CLASS_PREFIX = {
     "camembert": "Camembert",
     "electra": "Electra",
     "albert": "Albert",
+    "xlnet": "XLNet",
 }
 _CLASS_SUFFIX = {
     None: "Model",
@@ -184,6 +217,7 @@ _CLASS_SUFFIX = {
 ARCHITECTURES = {
     f: {h: _CLASS_PREFIX[f] + _CLASS_SUFFIX[h] for h in FAMILY_HEADS[f]} for f in FAMILIES
 }
+ARCHITECTURES["xlnet"]["qa"] = "XLNetForQuestionAnsweringSimple"  # start/end logits, as ours
 # The transformers Auto class that builds each head's model from its config.
 AUTO_CLASSES = {
     None: "AutoModel",
@@ -194,21 +228,51 @@ AUTO_CLASSES = {
     "electra_disc": "AutoModelForPreTraining",
 }
 
-# kind -> [(our leaf name, HF tensor suffix, transpose)]
+# kind -> [(our leaf name, HF tensor suffix, layout)]; layout: how one tensor changes (see below)
 LEAVES = {
-    "dense": [("kernel", "weight", True), ("bias", "bias", False)],
-    "norm": [("scale", "weight", False), ("bias", "bias", False)],
-    "embed": [("embedding", "weight", False)],
-    "param": [(None, None, False)],
+    "dense": [("kernel", "weight", "T"), ("bias", "bias", None)],
+    "norm": [("scale", "weight", None), ("bias", "bias", None)],
+    "embed": [("embedding", "weight", None)],
+    "param": [(None, None, None)],
+    "heads": [("kernel", None, "heads")],
+    "heads_out": [("kernel", None, "heads_out")],
 }
 
 
 def rows(model_type: str, head: str | None):
-    """Yield (our leaf path, HF key template, transpose, is_head, our module path)."""
+    """Yield (our leaf path, HF key template, layout, is_head, our module path)."""
     table = [(r, False) for r in BACKBONE[model_type]]
     table += [(r, True) for r in HEAD.get((model_type, head), [])]
     for (ours, theirs, kind), is_head in table:
-        for leaf, suffix, transpose in LEAVES[kind]:
+        for leaf, suffix, layout in LEAVES[kind]:
             path = ours if leaf is None else f"{ours}/{leaf}"
             key = theirs if suffix is None else f"{theirs}.{suffix}"
-            yield path, key, transpose, is_head, ours
+            yield path, key, layout, is_head, ours
+
+
+def hf_shape(shape: tuple, layout: str | None, heads: int) -> tuple:
+    """The HF shape of one (per-layer) tensor of ours."""
+    if layout == "T":
+        return shape[::-1]
+    if layout in ("heads", "heads_out"):
+        d_model = shape[0] if layout == "heads" else shape[1]
+        return (d_model, heads, (shape[1] if layout == "heads" else shape[0]) // heads)
+    return shape
+
+
+def to_hf(x, layout: str | None, heads: int):
+    if layout == "T":
+        return x.T
+    if layout in ("heads", "heads_out"):
+        x = x if layout == "heads" else x.T
+        return x.reshape(x.shape[0], heads, -1)
+    return x
+
+
+def from_hf(x, layout: str | None):
+    if layout == "T":
+        return x.T
+    if layout in ("heads", "heads_out"):
+        x = x.reshape(x.shape[0], -1)
+        return x if layout == "heads" else x.T
+    return x

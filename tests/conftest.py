@@ -7,12 +7,17 @@ from pathlib import Path
 import pytest
 
 from flaxdistil.hf_table import AUTO_CLASSES as AUTO_CLASS
+from flaxdistil.models.config import RENAMED
 
 REPORT = Path(__file__).resolve().parents[1] / "reports" / "parity.json"
 
 
 def _tiny_config(transformers, family: str, **overrides):
     """Hidden 32, 4 heads, odd FFN 37, vocab 99: small for CPU, odd enough to catch mix-ups."""
+    if family == "xlnet":  # no positions table; overrides in BERT's names, as for the others
+        names = {v: k for k, v in RENAMED["xlnet"].items()}
+        kw = dict(d_model=32, n_layer=3, n_head=4, d_inner=37, vocab_size=99)
+        return transformers.XLNetConfig(**kw | {names.get(k, k): v for k, v in overrides.items()})
     if family == "distilbert":
         kw = dict(dim=32, n_layers=3, n_heads=4, hidden_dim=37)
         cls = transformers.DistilBertConfig

@@ -1,10 +1,12 @@
 """The families beyond BERT/RoBERTa/DistilBERT against transformers' PyTorch models: XLM-R and
 CamemBERT (RoBERTa underneath, their own model_type), ELECTRA (factorised embeddings, its own
-heads), ALBERT (one shared layer); DistilRoBERTa; a multilingual-BERT-sized vocabulary.
+heads), ALBERT (one shared layer), XLNet (relative attention); DistilRoBERTa; a
+multilingual-BERT-sized vocabulary.
 
 Every family x head: every hidden state, attention and the logits within 1e-5 of transformers in
-float32 (right-padded rows, the side these tokenizers pad), the export reloaded by the family's own
-transformers class bit-exact, students by slicing equal to the teacher's layers.
+float32 (padded on the side the family's tokenizer pads: the right, XLNet the left), the export
+reloaded by the family's own transformers class bit-exact, students by slicing equal to the
+teacher's layers.
 """
 
 import json
@@ -29,21 +31,33 @@ CASES = {
     # ELECTRA's classification and generator heads use gelu whatever hidden_act says.
     "electra": dict(hidden_size=36, intermediate_size=37, embedding_size=20, hidden_act="gelu_new"),
     "albert": dict(hidden_size=36, intermediate_size=37, embedding_size=20, hidden_act="relu"),
+    "xlnet": dict(hidden_size=36, intermediate_size=37, hidden_act="gelu_new"),
 }
 PAIRS = [(f, h) for f in CASES for h in FAMILY_HEADS[f]]
+CONFIG_FIELDS = {  # that survive the round trip, in each family's own names
+    "bert": ["hidden_size", "intermediate_size", "hidden_act", "vocab_size", "pad_token_id",
+             "type_vocab_size", "layer_norm_eps", "num_hidden_layers", "hidden_dropout_prob",
+             "attention_probs_dropout_prob", "max_position_embeddings", "num_labels"],
+    "xlnet": ["d_model", "n_layer", "n_head", "d_inner", "ff_activation", "vocab_size",
+              "pad_token_id", "layer_norm_eps", "dropout", "summary_last_dropout", "summary_type",
+              "summary_use_proj", "summary_activation", "attn_type", "num_labels"],
+}  # fmt: skip
 # ELECTRA with embedding_size == hidden_size (its large models): no embeddings_project.
 PAIRS += [("electra-square", h) for h in (None, "seq_cls")]
 CASES["electra-square"] = dict(CASES["electra"], embedding_size=36)
 
 
 def _batch(hf_config, B=3, T=11):
-    """Ids avoiding special tokens, rows right-padded to lengths T, 7, 4 with the family's pad."""
+    """Ids avoiding special tokens, rows of lengths T, 7, 4 padded with the family's pad on its
+    tokenizer's side (XLNet's: the left)."""
     rng = np.random.RandomState(0)
-    ids = rng.randint(4, hf_config.vocab_size, (B, T))
+    ids = rng.randint(6, hf_config.vocab_size, (B, T))
     mask = (np.arange(T)[None] < np.array([T, 7, 4])[:, None]).astype(np.int64)
+    if hf_config.model_type == "xlnet":
+        mask = mask[:, ::-1].copy()
     ids = np.where(mask, ids, hf_config.pad_token_id)
     types = None
-    if hf_config.type_vocab_size > 1:
+    if getattr(hf_config, "type_vocab_size", 2) > 1:  # XLNet compares segments: give them
         types = (rng.rand(B, T) < 0.5).astype(np.int64) * mask
     return ids, mask, types
 
@@ -138,8 +152,7 @@ def test_vs_transformers_and_back(case, head, make_hf_model, tmp_path, parity_re
     saved = json.loads((out / "config.json").read_text())
     assert saved["model_type"] == family
     assert saved["architectures"] == [type(hf).__name__]
-    for field in ("hidden_size", "intermediate_size", "hidden_act", "vocab_size", "pad_token_id",
-                  "type_vocab_size", "layer_norm_eps", "num_hidden_layers"):  # fmt: skip
+    for field in CONFIG_FIELDS.get(family, CONFIG_FIELDS["bert"]):
         assert getattr(back.config, field) == getattr(hf.config, field), field
     if family in ("electra", "albert"):
         assert back.config.embedding_size == hf.config.embedding_size
@@ -151,9 +164,10 @@ def test_students_by_slicing(family, make_hf_model, tmp_path):
     """A 2-layer student is the teacher's layers (ALBERT: its one shared layer applied twice),
     computes the teacher's hidden states up to its depth, and exports as the same family."""
     base = family.removesuffix("-square")
-    hf = make_hf_model(base, "mlm", **CASES[family])
+    head = "mlm" if "mlm" in FAMILY_HEADS[base] else "seq_cls"
+    hf = make_hf_model(base, head, **CASES[family])
     hf.save_pretrained(tmp_path / "hf")
-    pre = load_pretrained(tmp_path / "hf", head="mlm")
+    pre = load_pretrained(tmp_path / "hf", head=head)
     t_layer = pre.params["encoder"]["layer"]
 
     student, cfg, ids = derive_student(pre.params, pre.config, layers=[0, 2])
@@ -173,15 +187,15 @@ def test_students_by_slicing(family, make_hf_model, tmp_path):
     first, cfg1, _ = derive_student(pre.params, pre.config, layers="first", num_layers=2)
     ids_, mask, types = _batch(hf.config)
     _, t_aux = _ours(pre, ids_, mask, types)
-    _, s_aux = Model(cfg1, "mlm").apply(
+    _, s_aux = Model(cfg1, head).apply(
         {"params": first}, ids_, mask, types, output_hidden_states=True
     )
     np.testing.assert_allclose(s_aux["hidden_states"], t_aux["hidden_states"][:3], atol=1e-6)
 
-    out = save_pretrained(tmp_path / "student", student, cfg, "mlm")
-    back = _reload(out, "mlm")
+    out = save_pretrained(tmp_path / "student", student, cfg, head)
+    back = _reload(out, head)
     assert type(back) is type(hf) and back.config.num_hidden_layers == 2
-    ours, _ = Model(cfg, "mlm").apply({"params": student}, ids_, mask, types)
+    ours, _ = Model(cfg, head).apply({"params": student}, ids_, mask, types)
     theirs = _torch_forward(back, ids_, mask, types).logits.numpy()
     assert np.abs(np.asarray(ours) - theirs).max() <= TOL
 
@@ -262,3 +276,21 @@ def test_config_errors():
                       num_hidden_layers=1, embedding_size=16, add_pooler=False)  # fmt: skip
     with pytest.raises(ValueError, match="albert sequence classifier reads the pooler"):
         Model(cfg, "seq_cls").init(jax.random.key(0), np.ones((1, 4), np.int32))
+
+
+def test_xlnet_without_segments_and_refusals(make_hf_model, tmp_path):
+    """token_type_ids=None drops XLNet's segment term, as in transformers; settings flaxdistil
+    does not compute are named."""
+    hf = make_hf_model("xlnet", None, **CASES["xlnet"])
+    hf.save_pretrained(tmp_path)
+    pre = load_pretrained(tmp_path, head=None)
+    ids, mask, types = _batch(hf.config)
+    _, aux = _ours(pre, ids, mask, None)
+    diffs = _max_diffs(None, aux, _torch_forward(hf, ids, mask, None), None)
+    assert max(diffs.values()) <= TOL, diffs
+    for bad, shown in [
+        ({"attn_type": "uni"}, "attn_type='uni'"),
+        ({"clamp_len": 8}, "clamp_len=8"),
+    ]:
+        with pytest.raises(ValueError, match=shown):
+            ModelConfig.from_hf({"model_type": "xlnet", "d_model": 32, "n_head": 4} | bad)

@@ -5,10 +5,23 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-FAMILIES = ("bert", "roberta", "distilbert", "xlm-roberta", "camembert", "electra", "albert")
+FAMILIES = (
+    "bert",
+    "roberta",
+    "distilbert",
+    "xlm-roberta",
+    "camembert",
+    "electra",
+    "albert",
+    "xlnet",
+)
 HEADS = (None, "mlm", "seq_cls", "token_cls", "qa", "electra_disc")
 # electra_disc: ElectraForPreTraining's replaced-token detector, one logit per token.
-FAMILY_HEADS = {f: HEADS[:5] for f in FAMILIES} | {"electra": HEADS}
+# XLNet has no masked LM (its LM head needs perm_mask/target_mapping); its QA is the simple one.
+FAMILY_HEADS = {f: HEADS[:5] for f in FAMILIES} | {
+    "electra": HEADS,
+    "xlnet": (None, "seq_cls", "token_cls", "qa"),
+}
 
 # Families that are another family's code and HF key names under their own model_type (and
 # architectures on export): XLM-R and CamemBERT are RoBERTa with other vocabularies.
@@ -28,7 +41,30 @@ RENAMED = {
         "attention_dropout": "attention_probs_dropout_prob",
     },
     "albert": {"classifier_dropout_prob": "classifier_dropout"},
+    "xlnet": {
+        "d_model": "hidden_size",
+        "n_layer": "num_hidden_layers",
+        "n_head": "num_attention_heads",
+        "d_inner": "intermediate_size",
+        "ff_activation": "hidden_act",
+        "dropout": "hidden_dropout_prob",
+        "summary_last_dropout": "classifier_dropout",
+    },
 }
+# XLNet settings flaxdistil computes (those of the released checkpoints and of fine-tuning).
+_XLNET_SUPPORTED = {
+    "attn_type": "bi",
+    "bi_data": False,
+    "summary_type": "last",
+    "summary_use_proj": True,
+    "summary_activation": "tanh",
+}
+# Fields XLNet's config.json does not have (max_position_embeddings even raises there).
+_XLNET_ABSENT = (
+    "max_position_embeddings",
+    "type_vocab_size",
+    "attention_probs_dropout_prob",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,6 +160,11 @@ class ModelConfig:
             hf.update(add_pooler=False)  # ElectraModel has no pooler
         elif model_type == "albert":
             _check_albert_groups(hf)
+        elif model_type == "xlnet":
+            _check_xlnet(hf)
+            # One dropout everywhere; token types are compared, not embedded.
+            hf.update(add_pooler=False, type_vocab_size=2)
+            hf["attention_probs_dropout_prob"] = hf.get("hidden_dropout_prob", 0.1)
         names = {f.name for f in dataclasses.fields(cls)}
         kw = {k: v for k, v in hf.items() if k in names}
         if hf.get("id2label"):
@@ -152,6 +193,10 @@ class ModelConfig:
             d.update(num_hidden_groups=1, inner_group_num=1)
             if d["classifier_dropout"] is None:  # AlbertForSequenceClassification needs a number
                 d["classifier_dropout"] = self.hidden_dropout_prob
+        if self.model_type == "xlnet":
+            d = {k: v for k, v in d.items() if k not in _XLNET_ABSENT} | _XLNET_SUPPORTED
+            if d["classifier_dropout"] is None:
+                d["classifier_dropout"] = self.hidden_dropout_prob
         back = {v: k for k, v in RENAMED.get(self.model_type, {}).items()}
         d = {back.get(k, k): v for k, v in d.items()}
         if d.get("problem_type") is None:
@@ -167,4 +212,15 @@ def _check_albert_groups(hf: dict[str, Any]) -> None:
         raise ValueError(
             f"ALBERT with num_hidden_groups={groups}, inner_group_num={inner}: flaxdistil "
             "supports the one shared layer of the released ALBERTs (both 1)"
+        )
+
+
+def _check_xlnet(hf: dict[str, Any]) -> None:
+    bad = [f"{k}={hf[k]!r}" for k, v in _XLNET_SUPPORTED.items() if hf.get(k, v) != v]
+    if hf.get("clamp_len", -1) > 0:
+        bad.append(f"clamp_len={hf['clamp_len']}")
+    if bad:
+        raise ValueError(
+            f"XLNet with {', '.join(bad)}: flaxdistil computes {_XLNET_SUPPORTED} and no "
+            "clamp_len, as the released XLNets have"
         )

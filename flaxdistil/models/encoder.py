@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flaxdistil.models import xlnet
 from flaxdistil.models.config import ModelConfig
 
 ACTIVATIONS = {
@@ -80,6 +81,12 @@ class Embeddings(nn.Module):
         embed = lambda n, name, i=init: nn.Embed(n, cfg.embed_dim, embedding_init=i, name=name)
         word = embed(cfg.vocab_size, "word_embeddings")
         x_BxTxD = word(input_ids_BxT)
+        if cfg.model_type == "xlnet":
+            # Words only: positions and segments enter each layer's attention (xlnet.py);
+            # mask_emb, the pretraining query stream's input, is kept for the round trip.
+            self.param("mask_emb", init, (1, 1, cfg.hidden_size))
+            x_BxTxD = nn.Dropout(cfg.hidden_dropout_prob)(x_BxTxD, deterministic=deterministic)
+            return x_BxTxD.astype(self.dtype), word
         if cfg.sinusoidal_pos_embds:
             table = sinusoidal_table(cfg.max_position_embeddings, cfg.embed_dim)
             pos = embed(cfg.max_position_embeddings, "position_embeddings", lambda *_: table)
@@ -197,23 +204,38 @@ class Layer(nn.Module):
     output_qkv: bool = False
 
     @nn.compact
-    def __call__(self, h_BxTxD, mask_BxT):
+    def __call__(self, h_BxTxD, mask_BxT, *relative):
+        """relative: XLNet's (positions [2T, D], segments [B, T] or None); nothing otherwise."""
         cfg = self.config
         drop = lambda y: nn.Dropout(cfg.hidden_dropout_prob)(y, deterministic=self.deterministic)
-        attn_out, probs, qkv = SelfAttention(
-            cfg,
-            self.dtype,
-            self.deterministic,
-            self.output_attentions,
-            self.attention_impl,
-            self.output_qkv,
-            name="attention",
-        )(h_BxTxD, mask_BxT)
+        if cfg.model_type == "xlnet":  # einsum only, whatever attention_impl says
+            attention = xlnet.RelativeSelfAttention(
+                cfg,
+                self.dtype,
+                self.deterministic,
+                _want(self.output_attentions, "scores"),
+                self.output_qkv,
+                name="attention",
+            )
+        else:
+            attention = SelfAttention(
+                cfg,
+                self.dtype,
+                self.deterministic,
+                self.output_attentions,
+                self.attention_impl,
+                self.output_qkv,
+                name="attention",
+            )
+        attn_out, probs, qkv = attention(h_BxTxD, mask_BxT, *relative)
         if cfg.model_type != "distilbert":  # DistilBERT has no dropout after out_lin
             attn_out = drop(attn_out)
         h_BxTxD = layer_norm(cfg, "attention_norm", self.dtype)(attn_out + h_BxTxD)
         y = dense(cfg, cfg.intermediate_size, "fc1", self.dtype)(h_BxTxD)
-        y = dense(cfg, cfg.hidden_size, "fc2", self.dtype)(activation(cfg.hidden_act)(y))
+        y = activation(cfg.hidden_act)(y)
+        if cfg.model_type == "xlnet":  # XLNet also drops out inside its FFN
+            y = drop(y)
+        y = dense(cfg, cfg.hidden_size, "fc2", self.dtype)(y)
         if cfg.model_type != "albert":  # ALBERT has no dropout after ffn_output
             y = drop(y)
         h_BxTxD = layer_norm(cfg, "mlp_norm", self.dtype)(y + h_BxTxD).astype(self.dtype)
@@ -267,10 +289,15 @@ class Encoder(nn.Module):
             self.attention_impl,
             output_qkv,
         )
+        relative = ()
+        if cfg.model_type == "xlnet":
+            pos_PxD = xlnet.relative_positions(cfg, input_ids_BxT.shape[1])
+            pos_PxD = nn.Dropout(cfg.hidden_dropout_prob)(pos_PxD, deterministic=not train)
+            relative = (pos_PxD, token_type_ids_BxT)
         if self.scan_layers:
             stack = _scanned(layer_cls, cfg)(*layer_args, name="layer")
             last_BxTxD, (hidden_LxBxTxD, att_LxBxHxTxT, qkv_Lx3xBxTxD) = stack(
-                h_BxTxD, attention_mask_BxT
+                h_BxTxD, attention_mask_BxT, *relative
             )
         else:
             layers = [
@@ -278,11 +305,13 @@ class Encoder(nn.Module):
             ]
             last_BxTxD, ys = h_BxTxD, []
             for i in range(cfg.num_hidden_layers):
-                last_BxTxD, y = layers[i % len(layers)](last_BxTxD, attention_mask_BxT)
+                last_BxTxD, y = layers[i % len(layers)](last_BxTxD, attention_mask_BxT, *relative)
                 ys.append(y)
             hidden_LxBxTxD, att_LxBxHxTxT, qkv_Lx3xBxTxD = (
                 None if y[0] is None else jnp.stack(y) for y in zip(*ys)
             )
+        if cfg.model_type == "xlnet":  # XLNetModel drops out its output too
+            last_BxTxD = nn.Dropout(cfg.hidden_dropout_prob)(last_BxTxD, deterministic=not train)
         aux = {"last_hidden_state": last_BxTxD, "word_embeddings": word.embedding}
         if output_hidden_states:
             aux["hidden_states"] = jnp.concatenate([h_BxTxD[None], hidden_LxBxTxD], axis=0)

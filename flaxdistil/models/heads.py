@@ -29,15 +29,15 @@ from flaxdistil.models.encoder import Encoder, activation, dense, layer_norm, un
 
 def uses_pooler(cfg: ModelConfig, head: str | None) -> bool:
     """HF builds the pooler for the bare model and for BERT's and ALBERT's sequence classifiers
-    only; ELECTRA has none."""
-    if not cfg.add_pooler or cfg.model_type == "electra":
+    only; ELECTRA and XLNet have none."""
+    if not cfg.add_pooler or cfg.model_type in ("electra", "xlnet"):
         return False
     return head is None or (head == "seq_cls" and cfg.model_type in ("bert", "albert"))
 
 
 def token_head_dropout(cfg: ModelConfig, head: str) -> float:
     """Dropout before the per-token heads, as each HF family has it (BERT/RoBERTa QA: none)."""
-    if head == "qa":
+    if head == "qa" or cfg.model_type == "xlnet":  # BERT/RoBERTa QA, XLNet: none
         return cfg.qa_dropout if cfg.model_type == "distilbert" else 0.0
     if cfg.model_type == "distilbert" or cfg.classifier_dropout is None:
         return cfg.hidden_dropout_prob
@@ -91,8 +91,9 @@ class MLMHead(nn.Module):
 
 class ClassificationHead(nn.Module):
     """BERT, ALBERT: dropout -> out on the pooled vector. RoBERTa: dropout -> dense -> tanh ->
-    dropout -> out on <s>; ELECTRA the same with gelu (whatever hidden_act is). DistilBERT: dense
-    (pre_classifier) -> ReLU -> dropout -> out on [CLS]."""
+    dropout -> out on <s>; ELECTRA the same with gelu (whatever hidden_act is); XLNet's sequence
+    summary: dense -> tanh -> dropout -> out on the last token (XLNet pads on the left).
+    DistilBERT: dense (pre_classifier) -> ReLU -> dropout -> out on [CLS]."""
 
     config: ModelConfig
     dtype: jnp.dtype = jnp.float32
@@ -114,6 +115,8 @@ class ClassificationHead(nn.Module):
         elif cfg.arch in ("roberta", "electra"):
             act = jnp.tanh if cfg.arch == "roberta" else activation("gelu")
             x = drop(act(dense(cfg, cfg.hidden_size, "dense", self.dtype)(drop(h_BxTxD[:, 0]))))
+        elif cfg.arch == "xlnet":
+            x = drop(jnp.tanh(dense(cfg, cfg.hidden_size, "dense", self.dtype)(h_BxTxD[:, -1])))
         else:
             x = drop(jax.nn.relu(dense(cfg, cfg.hidden_size, "dense", self.dtype)(h_BxTxD[:, 0])))
         return dense(cfg, cfg.num_labels, "out", self.dtype)(x)
