@@ -250,7 +250,9 @@ def test_family_heads_are_checked():
         Model(cfg, "electra_disc").init(jax.random.key(0), np.ones((1, 4), np.int32))
 
 
-@pytest.mark.parametrize(("family", "head"), [("albert", "seq_cls"), ("electra", "electra_disc")])
+@pytest.mark.parametrize(
+    ("family", "head"), [("albert", "seq_cls"), ("electra", "electra_disc"), ("xlnet", "qa")]
+)
 @pytest.mark.parametrize("unroll", [True, False])
 def test_inference_fn(family, head, unroll, make_hf_model, tmp_path):
     """inference_fn's per-layer params (ALBERT: layer_0 applied num_hidden_layers times) and the
