@@ -18,7 +18,14 @@ import pytest
 from flaxdistil import derive_student
 from flaxdistil.hf import load_pretrained, save_pretrained
 from flaxdistil.hf_table import AUTO_CLASSES
-from flaxdistil.models import FAMILY_HEADS, Model, ModelConfig, inference_fn
+from flaxdistil.models import (
+    FAMILY_HEADS,
+    Model,
+    ModelConfig,
+    inference_fn,
+    init_params,
+    unstack_layers,
+)
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -296,3 +303,28 @@ def test_xlnet_without_segments_and_refusals(make_hf_model, tmp_path):
     ]:
         with pytest.raises(ValueError, match=shown):
             ModelConfig.from_hf({"model_type": "xlnet", "d_model": 32, "n_head": 4} | bad)
+
+
+def test_albert_shared_layer_gradient():
+    """The scanned shared layer's gradient sums its num_hidden_layers applications: equal to that
+    of the unrolled model's one layer_0 module called three times."""
+    cfg = ModelConfig(model_type="albert", vocab_size=99, hidden_size=36, num_hidden_layers=3,
+                      num_attention_heads=4, intermediate_size=37, embedding_size=20,
+                      max_position_embeddings=64)  # fmt: skip
+    p = init_params(cfg, "mlm", jax.random.key(0))
+    ids = np.random.RandomState(0).randint(0, 99, (2, 7))
+
+    def loss(params, scan):
+        logits, _ = Model(cfg, "mlm", scan_layers=scan).apply({"params": params}, ids)
+        return jax.numpy.tanh(logits).sum()
+
+    scanned = jax.jit(jax.grad(loss), static_argnums=1)(p, True)["encoder"]["layer"]
+    unrolled = jax.jit(jax.grad(loss), static_argnums=1)(unstack_layers(p), False)
+    pairs = zip(
+        jax.tree_util.tree_flatten_with_path(scanned)[0],
+        jax.tree.leaves(unrolled["encoder"]["layer_0"]),
+        strict=True,
+    )
+    for (path, a), b in pairs:
+        if jax.tree_util.keystr(path) != "['attention']['key']['bias']":  # softmax ignores it
+            np.testing.assert_allclose(a[0], b, rtol=1e-5, atol=1e-7, err_msg=str(path))
