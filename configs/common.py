@@ -66,20 +66,21 @@ def base(job: str) -> ml_collections.ConfigDict:
         fields={},  # for init=random: HF config fields overriding the preset
     )
     c.data = GENERAL_DATA if general else TASK_DATA
-    # General distillation defaults to DistilBERT's triple loss (T=2, alpha_ce/mlm/cos 5/2/1).
-    cos = {"layer_T": -1, "layer_S": -1, "feature": "hidden", "loss": "cos", "weight": 1.0}
+    # None = unset: the preset's value, else the job's default (flaxdistil.matches.DEFAULTS):
+    # general distillation is DistilBERT's triple loss (T=2, KL x T^2 x 5, MLM x 2, cosine of
+    # the last hidden states x 1); task distillation the task loss x 1 + KL x T^2 x 1 at T=2.
     c.distill = dict(
         preset="",  # distilbert | tinybert | pkd | minilm | minilmv2 | L4t_hidden_mse | ...
-        temperature=2.0,
+        temperature=None,
         temperature_scheduler="constant",  # constant | ['flsw', beta, gamma] | ['cwsm', beta]
-        hard_label_weight=2.0 if general else 1.0,  # gold labels (general: the masked tokens)
+        hard_label_weight=None,  # gold labels (general distillation: the masked tokens)
         hard_label_weight_scheduler="constant",  # constant | linear_decay | linear_growth
-        kd_loss_type="kl_t2",  # ce | mse (TextBrewer's) | kl_t2 (DistilBERT's KL x T^2)
-        kd_loss_weight=5.0 if general else 1.0,
+        kd_loss_type=None,  # ce | mse (TextBrewer's) | kl_t2 (DistilBERT's KL x T^2) | bce
+        kd_loss_weight=None,
         kd_loss_weight_scheduler="constant",
         # [{'layer_T': 4, 'layer_S': 1, 'feature': 'hidden', 'loss': 'hidden_mse',
         #   'weight': 1, 'proj': ['linear', 312, 768]}, ...]: see flaxdistil/matches.py
-        intermediate_matches=[cos] if general else [],
+        intermediate_matches=None,
         # general distillation only
         mlm_probability=0.15,
         restrict_ce_to_mask=False,  # KD on masked tokens only (else every non-pad token)

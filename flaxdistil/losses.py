@@ -124,6 +124,17 @@ def kd_mse_loss(logits_S, logits_T, temperature=1.0, mask=None):
     return _masked_mean(diff**2, sel)
 
 
+def kd_bce_loss(logits_S, logits_T, temperature=1.0, mask=None):
+    """Multi-label KD: sigmoid BCE of s/T against the teacher's sigmoid(t/T), x T^2, averaged
+    over selected rows and labels (each label is its own two-class distribution)."""
+    sel = _sel(mask, logits_S.shape[:-1])
+    temp = _row_temperature(temperature, sel)
+    target = jax.nn.sigmoid(_zero_unselected(logits_T, sel) / temp)
+    z = _zero_unselected(logits_S, sel) / temp
+    bce = jnp.maximum(z, 0) - z * target + jnp.log1p(jnp.exp(-jnp.abs(z)))
+    return _masked_mean(bce * temp**2, sel)
+
+
 def cross_entropy(logits, labels, mask=None):
     """Mean over selected positions of -log softmax(logits)[label] (torch CrossEntropyLoss)."""
     sel = _sel(mask, labels.shape)
@@ -370,4 +381,5 @@ KD_LOSS_MAP = {
     "ce": kd_ce_loss,
     "mse": kd_mse_loss,
     "kl_t2": kd_kl_loss,  # DistilBERT / Hinton: KL(p_T || p_S) * T^2, batchmean over rows
+    "bce": kd_bce_loss,  # multi-label outputs: per-label sigmoid KD
 }

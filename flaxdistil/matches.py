@@ -168,9 +168,7 @@ def attention_matches(s_cfg, t_cfg, loss: str, name: str) -> list[dict]:
 
 
 def _distilbert(s, t):
-    cos = {"layer_T": -1, "layer_S": -1, "feature": "hidden", "loss": "cos", "weight": 1.0}
-    return dict(temperature=2.0, kd_loss_type="kl_t2", kd_loss_weight=5.0,
-                hard_label_weight=2.0, intermediate_matches=[cos])  # fmt: skip
+    return dict(DEFAULTS["general"])
 
 
 def _tinybert(s, t):
@@ -234,6 +232,32 @@ def _textbrewer_set(name: str, s_cfg, t_cfg) -> dict:
     loss, pairs = {"hidden_mse": ("hidden_mse", False), "hidden_smmd": ("mmd", True),
                    "hidden_sgram": ("gram", True)}[kind]  # fmt: skip
     return {"intermediate_matches": hidden_matches(s_cfg, t_cfg, loss, name, pairs)}
+
+
+# What an unset (None) distill field means when no preset sets it, per job: general distillation
+# is DistilBERT's triple loss; task distillation is the task loss + KL x T^2 on the logits.
+_COS_LAST = {"layer_T": -1, "layer_S": -1, "feature": "hidden", "loss": "cos", "weight": 1.0}
+DEFAULTS = {
+    "general": dict(temperature=2.0, kd_loss_type="kl_t2", kd_loss_weight=5.0,
+                    hard_label_weight=2.0, intermediate_matches=[_COS_LAST]),
+    "task": dict(temperature=2.0, kd_loss_type="kl_t2", kd_loss_weight=1.0,
+                 hard_label_weight=1.0, intermediate_matches=[]),
+}  # fmt: skip
+
+
+def distill_fields(distill: dict, job: str, s_cfg, t_cfg) -> tuple[dict, dict]:
+    """(the distill fields in force, where each came from): a value set in the config or on the
+    command line wins, then the preset's, then the job's default (DEFAULTS)."""
+    d, source = dict(distill), {}
+    preset = resolve_preset(d["preset"], s_cfg, t_cfg) if d.get("preset") else {}
+    for k, default in DEFAULTS[job].items():
+        if d.get(k) is not None:
+            source[k] = "config"
+        elif k in preset:
+            d[k], source[k] = preset[k], f"preset {d['preset']}"
+        else:
+            d[k], source[k] = default, "default"
+    return d, source
 
 
 def resolve_preset(name: str, s_cfg, t_cfg) -> dict:

@@ -174,49 +174,51 @@ def _sequences(n=1000, seed=0):
     return [rng.integers(1000, 2000, size=rng.integers(12, 129)).astype(np.int32) for _ in range(n)]
 
 
-def test_batching_covers_each_sequence_once():
+def _rows(seqs):
+    from flaxdistil.data.tasks import from_rows
+
+    return from_rows(seqs, None, np.zeros(len(seqs), np.int32))
+
+
+def test_eval_batches_cover_each_sequence_once_and_training_drops_the_rest():
     seqs = _sequences(1000)
-    it = batching.LengthGroupedBatches(seqs, 32, seed=1, drop_last=False, group_batches=10)
     seen = []
-    for _ in range(len(it)):
-        b = it.make_batch(it.epoch_plan(0)[it.index])
-        next(it)
+    for idx, b in batching.eval_batches(_rows(seqs), 32, pad_multiple=32):
         assert b["input_ids"].shape[0] == 32 and b["input_ids"].shape[1] % 32 == 0
-        for row, mask in zip(b["input_ids"], b["attention_mask"]):
+        for r, (row, mask) in enumerate(zip(b["input_ids"], b["attention_mask"])):
             n = int(mask.sum())
             assert mask[:n].all() and not mask[n:].any()
+            assert (n > 0) == (r < len(idx))  # only the filled rows of the last batch are empty
             if n:
                 seen.append(tuple(row[:n]))
     assert sorted(seen) == sorted(tuple(s) for s in seqs)
-    dropped = batching.LengthGroupedBatches(seqs, 32, seed=1)
-    assert len(dropped) == 1000 // 32
-    assert len(np.unique(np.concatenate(dropped.epoch_plan(0)))) == 31 * 32
+    train = batching.Batches(_rows(seqs), 32, seed=1)
+    assert len(train) == 1000 // 32
+    assert len(np.unique(train.epoch_plan(0))) == 31 * 32
 
 
-def test_batching_buckets_and_grouping():
-    seqs = _sequences(640)
-    it = batching.LengthGroupedBatches(seqs, 16, buckets=(64, 128), special_ids=[0, 101, 102])
+def test_batching_pads_to_multiples_and_groups_by_length():
+    it = batching.Batches(_rows(_sequences(640)), 16, pad_multiple=64)
     widths, spreads = set(), []
     for batch in itertools.islice(it, len(it)):
         widths.add(batch["input_ids"].shape[1])
         lens = batch["attention_mask"].sum(1)
         spreads.append(lens.max() - lens.min())
-        np.testing.assert_array_equal(batch["special_tokens_mask"], 1 - batch["attention_mask"])
     assert widths <= {64, 128}
     assert np.mean(spreads) < 10  # sorted within groups: neighbours have similar lengths
-    assert it.state_dict() == {"epoch": 0, "index": len(it), "seed": 0}
+    assert it.state_dict() == {"epoch": 0, "index": len(it), "seed": 0} and it.epoch_done
     next(it)
     assert it.state_dict()["epoch"] == 1
 
 
 def test_batching_resume_equivalence():
-    seqs = _sequences(500)
-    a = batching.LengthGroupedBatches(seqs, 16, seed=3)
+    rows = _rows(_sequences(500))
+    a = batching.Batches(rows, 16, seed=3)
     for _ in range(45):  # past the end of epoch 0 (31 batches)
         next(a)
     state = a.state_dict()
     expected = [next(a) for _ in range(40)]
-    b = batching.LengthGroupedBatches(seqs, 16, seed=0)
+    b = batching.Batches(rows, 16, seed=0)
     b.load_state_dict(state)
     for want, got in zip(expected, (next(b) for _ in range(40))):
         for key in want:

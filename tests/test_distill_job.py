@@ -1,5 +1,7 @@
-"""The whole job through ``scripts/distill.py`` in subprocesses, on configs/tiny.py with a tiny
-random BERT teacher: resume after SIGKILL, NaN handling, user errors, and the files a run writes."""
+"""Both jobs through their scripts in subprocesses: general distillation (scripts/distill.py,
+configs/tiny.py, a tiny random BERT teacher) and task fine-tuning (scripts/finetune.py,
+configs/task_tiny.py): exact resume after SIGKILL, NaN handling, user errors, the files a run
+writes."""
 
 import csv
 import json
@@ -16,7 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 12
 # Small held-out set and single-threaded XLA: the machine running the tests is shared.
-LEAN = ["--config.data.max_heldout_docs=4", "--config.train.eval_batch_size=16"]
+LEAN = ["--config.data.max_heldout_docs=4", "--config.eval.batch_size=16"]
 ENV = dict(
     os.environ,
     JAX_PLATFORMS="cpu",
@@ -92,8 +94,27 @@ def resumable(workdir, teacher):
         f"--config.train.steps={STEPS}",
         "--config.train.checkpoint_every=4",
         "--config.train.log_every=1",
-        "--config.export=True",
+        "--config.eval.every=4",  # periodic held-out evaluation, early stopping's input
+        "--config.eval.patience=5",
+        "--config.export.hf=True",
     )
+
+
+def task_command(workdir, model, *overrides) -> list[str]:
+    """A tiny fine-tuning run that evaluates and checkpoints every 4 steps."""
+    return [
+        sys.executable,
+        str(ROOT / "scripts" / "finetune.py"),
+        "--config",
+        str(ROOT / "configs" / "task_tiny.py"),
+        "--workdir",
+        str(workdir),
+        f"--config.student.path={model}",
+        f"--config.train.steps={STEPS}",
+        "--config.train.checkpoint_every=4",
+        "--config.eval.every=4",
+        *overrides,
+    ]
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -128,10 +149,20 @@ def run_a(teacher_dir, tmp_path_factory):
 # ---------------------------------------------------------------- resume
 
 
-def test_sigkill_then_resume_reproduces_the_run(run_a, teacher_dir, tmp_path):
-    workdir_a = run_a
-    workdir = tmp_path / "run_b"
-    cmd = resumable(workdir, teacher_dir)
+@pytest.fixture(scope="session")
+def task_run_a(teacher_dir, tmp_path_factory):
+    """An uninterrupted tiny fine-tuning run (the tiny teacher as the model to fine-tune)."""
+
+    def make(workdir):
+        proc = run(task_command(workdir, teacher_dir))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+    return once(tmp_path_factory, "task_run_a", make)
+
+
+def kill_then_resume(cmd, workdir):
+    """Start ``cmd``, SIGKILL it once 6 steps are logged, leave a half-written checkpoint as a
+    kill during a save would, run ``cmd`` again to the end; returns the resumed process."""
     proc = subprocess.Popen(
         cmd, env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -155,13 +186,27 @@ def test_sigkill_then_resume_reproduces_the_run(run_a, teacher_dir, tmp_path):
     resumed = run(cmd)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from step" in resumed.stdout
+    return resumed
 
-    rows_a, rows_b = read_csv(workdir_a / "train.csv"), read_csv(csv_path)
-    assert [r["step"] for r in rows_b] == [str(s) for s in range(1, STEPS + 1)]
+
+def assert_same_rows(csv_a: Path, csv_b: Path, skip=("elapsed_s",)) -> None:
+    rows_a, rows_b = read_csv(csv_a), read_csv(csv_b)
+    assert [r["step"] for r in rows_b] == [r["step"] for r in rows_a]
     for ra, rb in zip(rows_a, rows_b):
         assert ra.keys() == rb.keys()
-        for k in ra:
+        for k in set(ra) - set(skip):
             np.testing.assert_allclose(float(rb[k]), float(ra[k]), rtol=1e-6, atol=1e-6, err_msg=k)
+
+
+def test_sigkill_then_resume_reproduces_the_run(run_a, teacher_dir, tmp_path):
+    workdir_a = run_a
+    workdir = tmp_path / "run_b"
+    kill_then_resume(resumable(workdir, teacher_dir), workdir)
+    csv_path = workdir / "train.csv"
+    assert [r["step"] for r in read_csv(csv_path)] == [str(s) for s in range(1, STEPS + 1)]
+    assert_same_rows(workdir_a / "train.csv", csv_path)
+    assert [int(r["step"]) for r in read_csv(workdir / "eval.csv")] == [4, 8, 12]
+    assert_same_rows(workdir_a / "eval.csv", workdir / "eval.csv")
 
     res_a = json.loads((workdir_a / "results.json").read_text())
     res_b = json.loads((workdir / "results.json").read_text())
@@ -182,6 +227,20 @@ def test_sigkill_then_resume_reproduces_the_run(run_a, teacher_dir, tmp_path):
     assert checkpoint_steps(workdir)[-1] == STEPS
     for s in checkpoint_steps(workdir):
         assert (workdir / "checkpoints" / str(s) / "_CHECKPOINT_METADATA").exists()
+
+
+def test_task_job_sigkill_then_resume_reproduces_the_run(task_run_a, teacher_dir, tmp_path):
+    """The fine-tuning job resumes as exactly: every logged metric, every eval, the best step
+    and the test metrics of the best model."""
+    workdir = tmp_path / "task_b"
+    kill_then_resume(task_command(workdir, teacher_dir), workdir)
+    assert_same_rows(task_run_a / "train.csv", workdir / "train.csv")
+    assert_same_rows(task_run_a / "eval.csv", workdir / "eval.csv")
+    res_a = json.loads((task_run_a / "results.json").read_text())
+    res_b = json.loads((workdir / "results.json").read_text())
+    assert res_b["best_step"] == res_a["best_step"] and res_b["steps_run"] == STEPS
+    for k, v in res_a["test"].items():
+        assert res_b["test"][k] == pytest.approx(v, rel=1e-6, abs=1e-9), k
 
 
 # ---------------------------------------------------------------- NaN
@@ -222,7 +281,7 @@ def test_user_errors_name_the_problem(teacher_dir, tmp_path):
     cases = {
         "bogus key": (command(tmp_path / "w0", teacher_dir, "--config.train.bogus=1"), ["bogus"]),
         "missing teacher": (command(tmp_path / "w1", missing), [str(missing)]),
-        "no MLM head": (command(tmp_path / "w2", no_head), [str(no_head), "masked-LM head"]),
+        "no MLM head": (command(tmp_path / "w2", no_head), [str(no_head), "no trained mlm head"]),
         "vocab": (command(tmp_path / "w3", small_vocab), ["vocab mismatch", "30522", "1000"]),
     }
     # All four at once: each is mostly interpreter start-up and imports.
@@ -254,10 +313,15 @@ def test_run_writes_metrics_results_and_a_loadable_export(run_a, teacher_dir):
     workdir = run_a
     rows = read_csv(workdir / "train.csv")
     assert [int(r["step"]) for r in rows] == list(range(1, STEPS + 1))
-    for k in ("loss", "loss_ce", "loss_mlm", "loss_cos", "loss_mse", "grad_norm", "param_norm"):
+    cos = "loss_m0_cos_s2_t4"  # DistilBERT's cosine: the last hidden states of both
+    terms = ("loss", "loss_kd", "loss_hard", cos, "grad_norm", "param_norm", "temperature")
+    for k in terms:
         assert k in rows[0], k
         assert all(np.isfinite(float(r[k])) for r in rows), k
-    assert all(float(r["loss_ce"]) > 0 and float(r["loss_mlm"]) > 0 for r in rows)
+    assert all(float(r["loss_kd"]) > 0 and float(r["loss_hard"]) > 0 for r in rows)
+    for r in rows:  # the logged total is the weighted sum of the logged terms (5 / 2 / 1)
+        want = 5 * float(r["loss_kd"]) + 2 * float(r["loss_hard"]) + float(r[cos])
+        assert float(r["loss"]) == pytest.approx(want, rel=1e-5)
     assert list((workdir / "tb" / "train").glob("events.out.tfevents.*"))
 
     results = json.loads((workdir / "results.json").read_text())

@@ -1,5 +1,5 @@
 """Speed options of the step and the models give the results of the plain paths: the gathered
-MLM heads (DistillSpec.gather_masked) == the restricted full step, unrolled layers
+MLM heads (Objective.gather_masked) == the restricted full step, unrolled layers
 (scan_layers=False) == scanned, the decoder's custom gradient == AD's. See scripts/bench.py for
 what each buys."""
 
@@ -10,12 +10,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flaxdistil import bench, train
+from flaxdistil import objective, train
+from flaxdistil.bench import cases
 from flaxdistil.models import Model, ModelConfig, init_params, unstack_layers
 from flaxdistil.models import heads as heads_lib
 
 TINY = ModelConfig(
-    vocab_size=160,  # above BERT's special ids (<= 103), as bench.random_batch needs
+    vocab_size=160,  # above BERT's special ids (<= 103), as cases.random_batch needs
     hidden_size=32,
     num_hidden_layers=2,
     num_attention_heads=4,
@@ -26,18 +27,28 @@ TINY = ModelConfig(
 
 def test_gathered_heads_equal_the_restricted_step():
     """gather_masked=True changes the work, not the result, of restrict_ce_to_mask=True."""
-    t_params, s_params, s_cfg = bench.teacher_student(TINY, 1, "mlm")
-    batch = bench.random_batch(4, 16, TINY.vocab_size)
+    t_params, s_params, s_cfg = cases.teacher_student(TINY, 1, "mlm")
+    batch = cases.random_batch(4, 16, TINY.vocab_size)
     batch["attention_mask"][1, 10:] = 0
     tx = train.make_optimizer(learning_rate=1e-3, total_steps=10)
     out = {}
+    cos = objective.Match(layer_T=2, layer_S=1, feature="hidden", loss="cos")
     for gather in (False, True):
-        spec = train.DistillSpec(restrict_ce_to_mask=True, gather_masked=gather, vocab_size=160)
+        spec = objective.Objective(
+            use_kd=True,
+            matches=(cos,),
+            restrict_ce_to_mask=True,
+            gather_masked=gather,
+            vocab_size=160,
+        )
+        hp = objective.hparams(
+            {"temperature": 2.0, "hard_label_weight": 2.0, "kd_loss_weight": 5.0}, spec
+        )
         step = functools.partial(
-            train.distill_step, student=Model(s_cfg), teacher=Model(TINY), spec=spec, tx=tx
+            train.train_step, student=Model(s_cfg), teacher=Model(TINY), obj=spec, tx=tx
         )
         out[gather] = jax.jit(step)(
-            train.create_state(s_params, tx), t_params, batch, jax.random.key(3), None
+            train.create_state(s_params, tx), t_params, batch, jax.random.key(3), hp, None
         )
     (s0, m0), (s1, m1) = out[False], out[True]
     assert float(m1["masked_dropped"]) == 0 and float(m0["masked_tokens"]) > 0
@@ -45,7 +56,7 @@ def test_gathered_heads_equal_the_restricted_step():
         np.testing.assert_allclose(m1[k], m0[k], rtol=1e-5, atol=1e-6, err_msg=k)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), s0.params, s1.params)
     with pytest.raises(ValueError, match="restrict_ce_to_mask=True"):
-        train.DistillSpec(gather_masked=True)
+        objective.Objective(gather_masked=True)
 
 
 def test_unrolled_layers_equal_scanned():

@@ -10,8 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from flaxdistil import finetune, hf, losses, train
-from flaxdistil.finetune import EarlyStopping, LossSpec
+from flaxdistil import evaluate, hf, losses, objective, train
+from flaxdistil.data.batching import Batches
+from flaxdistil.data.tasks import from_rows
+from flaxdistil.jobs import task as task_job
+from flaxdistil.loop import EarlyStopping
 from flaxdistil.models import Model, ModelConfig
 from flaxdistil.student import init_student
 
@@ -86,13 +89,24 @@ def _model(task, seed=0, noise=0.0, teacher_seed=None):
     return model, params, cfg, _random_params(cfg, head, teacher_seed, noise)
 
 
-def _step(task, params, model, teacher=None, t_params=None, spec=None, lr=1e-3):
-    spec = spec or LossSpec()
+# The last hidden states, student vs teacher (both 2 layers): DistilBERT's cosine as a match.
+COS = objective.Match(layer_T=2, layer_S=2, feature="hidden", loss="cos", weight=0.7)
+WEIGHTS = {"temperature": 3.0, "hard_label_weight": 0.5, "kd_loss_weight": 2.0}
+
+
+def _objective(task):
+    kd = {"regression": "mse", "multilabel": "bce"}.get(task, "kl_t2")
+    return objective.Objective(task=task, use_kd=True, kd_loss_type=kd, matches=(COS,))
+
+
+def _step(task, params, model, teacher=None, t_params=None, lr=1e-3):
+    obj = _objective(task)
+    hp = objective.hparams(WEIGHTS, obj)
     tx = train.make_optimizer(learning_rate=lr, total_steps=100)
     state = train.create_state(params, tx)
     fn = jax.jit(
-        lambda s, tp, b, r: finetune.task_step(
-            s, tp, b, r, student=model, teacher=teacher, task=task, spec=spec, tx=tx
+        lambda s, tp, b, r: train.train_step(
+            s, tp, b, r, hp, student=model, teacher=teacher, obj=obj, tx=tx
         )
     )
     return state, fn
@@ -124,8 +138,8 @@ def _np_kd(task, s, t, mask, T):
         return np.mean(np.maximum(z, 0) - z * p + np.log1p(np.exp(-np.abs(z)))) * T**2
     if task == "token_classification":
         return _np_soft_kl(s, t, T, mask)
-    if task == "regression":
-        return np.mean((np.float64(s) - t) ** 2)
+    if task == "regression":  # TextBrewer's kd_mse_loss: ((s - t) / T)^2
+        return np.mean(((np.float64(s) - t) / T) ** 2)
     # QA: start and end distributions over each example's real tokens, averaged
     return np.mean(
         [
@@ -173,12 +187,11 @@ def _torch_loss(task, head, params, cfg, batch, tmp_path):
 def test_step_losses_equal_references(task, tmp_path):
     """One distillation step on a fixed batch reports: loss_hard = transformers' own loss
     (BertFor* on the same weights: CE, regression MSE, token CE with -100, QA start/end CE);
-    loss_kd = KD in NumPy (soft KL x T^2; MSE for regression); loss_hidden =
-    1 - cos in NumPy; loss = the weighted sum."""
+    loss_kd = KD in NumPy (soft KL x T^2; MSE for regression); the cosine match = 1 - cos in
+    NumPy; loss = the weighted sum."""
     model, params, cfg, t_params = _model(task, seed=0, noise=0.3, teacher_seed=1)
     batch = _batch(task, seed=3)
-    spec = LossSpec(alpha_hard=0.5, alpha_kd=2.0, temperature=3.0, alpha_hidden=0.7)
-    state, step = _step(task, params, model, model, t_params, spec)
+    state, step = _step(task, params, model, model, t_params)
     new_state, m = step(state, t_params, batch, jax.random.key(0))
     assert int(new_state.step) == 1
 
@@ -191,7 +204,7 @@ def test_step_losses_equal_references(task, tmp_path):
     ref_hid = _np_cosine(s_aux["last_hidden_state"], t_aux["last_hidden_state"], mask)
     np.testing.assert_allclose(float(m["loss_hard"]), ref_hard, rtol=2e-5, atol=1e-6)
     np.testing.assert_allclose(float(m["loss_kd"]), ref_kd, rtol=2e-4, atol=1e-6)
-    np.testing.assert_allclose(float(m["loss_hidden"]), ref_hid, rtol=2e-4, atol=1e-6)
+    np.testing.assert_allclose(float(m[COS.key(0)]), ref_hid, rtol=2e-4, atol=1e-6)
     total = 0.5 * ref_hard + 2.0 * ref_kd + 0.7 * ref_hid
     np.testing.assert_allclose(float(m["loss"]), total, rtol=2e-4)
     if task == "classification":  # the library's soft_kl agrees with the NumPy one
@@ -205,9 +218,9 @@ def test_multilabel_losses_equal_references():
     labels = (rng.rand(5, 3) > 0.5).astype(np.float32)
     bce = torch.nn.functional.binary_cross_entropy_with_logits
     want_hard = float(bce(torch.tensor(s), torch.tensor(labels)))
-    got = finetune.hard_loss(jnp.asarray(s), {"labels": jnp.asarray(labels)}, "multilabel")
+    got = objective.hard_loss(jnp.asarray(s), jnp.asarray(labels), "multilabel")
     np.testing.assert_allclose(float(got), want_hard, rtol=1e-5)
-    got_kd = finetune.kd_loss(jnp.asarray(s), jnp.asarray(t), {}, "multilabel", 2.0)
+    got_kd = losses.KD_LOSS_MAP["bce"](jnp.asarray(s), jnp.asarray(t), 2.0)
     np.testing.assert_allclose(float(got_kd), _np_kd("multilabel", s, t, None, 2.0), rtol=1e-5)
 
 
@@ -215,8 +228,7 @@ def test_loss_decreases_on_a_fixed_batch():
     # The classification program of test_step_losses_equal_references: a compile-cache hit.
     model, params, _, t_params = _model("classification", seed=0, noise=0.3, teacher_seed=1)
     batch = _batch("classification", seed=3)
-    spec = LossSpec(alpha_hard=0.5, alpha_kd=2.0, temperature=3.0, alpha_hidden=0.7)
-    state, step = _step("classification", params, model, model, t_params, spec)
+    state, step = _step("classification", params, model, model, t_params)
     seen = []
     for i in range(15):
         state, m = step(state, t_params, batch, jax.random.key(i))
@@ -267,16 +279,14 @@ def test_early_stopping_by_hand():
 
 def test_epoch_plan_is_seeded_full_and_grouped():
     lengths = np.random.RandomState(0).randint(3, 60, 203)
-    plan = finetune.epoch_plan(lengths, 8, seed=1, epoch=0, group_batches=5)
+    rows = from_rows([np.full(n, 7) for n in lengths], None, np.zeros(len(lengths), np.int32))
+    plan_of = lambda epoch, **kw: Batches(rows, 8, seed=1, group_batches=5, **kw).epoch_plan(epoch)
+    plan = plan_of(0)
     assert plan.shape == (25, 8) and len(set(plan.ravel())) == 200
-    np.testing.assert_array_equal(
-        plan, finetune.epoch_plan(lengths, 8, seed=1, epoch=0, group_batches=5)
-    )
-    assert not np.array_equal(
-        plan, finetune.epoch_plan(lengths, 8, seed=1, epoch=1, group_batches=5)
-    )
+    np.testing.assert_array_equal(plan, plan_of(0))
+    assert not np.array_equal(plan, plan_of(1))
     spread = lambda p: np.mean([np.ptp(lengths[b]) for b in p])
-    flat = finetune.epoch_plan(lengths, 8, seed=1, epoch=0, group_by_length=False)
+    flat = plan_of(0, group_by_length=False)
     assert spread(plan) < 0.5 * spread(flat)  # grouping cuts the padding
 
 
@@ -307,34 +317,35 @@ def tiny_dir(tmp_path_factory):
     return hf.save_pretrained(out, params, cfg, None, tokenizer_from=assets.minilm_dir())
 
 
-def _tiny_cfg(model_path, tmp_path, **train):
+def _tiny_cfg(model_path, tmp_path, evals=None, **train):
+    evals = evals or {}
     from configs import task_tiny
 
     c = task_tiny.get_config()
-    c.model.path = str(model_path)
+    c.student.path = str(model_path)
     c.data.cache_dir = str(tmp_path / "tok")
     c.data.max_train_examples = 48
     c.data.max_eval_examples = 24
-    # One max_steps for most runs: identical programs hit the persistent compile cache.
-    c.train.update(dict(epochs=1, max_steps=4, eval_every=2, metric="loss"), **train)
+    # One step count for most runs: identical programs hit the persistent compile cache.
+    c.train.update(dict(epochs=1, steps=4), **train)
+    c.eval.update(dict(every=2, metric="loss"), **evals)
     return c
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tiny_dir, tmp_path_factory):
     work = tmp_path_factory.mktemp("run")
-    cfg = _tiny_cfg(tiny_dir, work, max_steps=6)
-    return finetune.run_finetune(cfg, work / "job"), work / "job", cfg
+    cfg = _tiny_cfg(tiny_dir, work, steps=6)
+    return task_job.run(cfg, work / "job"), work / "job", cfg
 
 
 def test_progress_csv_best_checkpoint_and_export(tiny_run):
     results, work, cfg = tiny_run
-    with (work / "progress.csv").open() as f:
+    with (work / "eval.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == [
         "step",
         "epoch",
-        "train_loss",
         "eval_loss",
         "eval_accuracy",
         "eval_macro_f1",
@@ -344,17 +355,17 @@ def test_progress_csv_best_checkpoint_and_export(tiny_run):
     assert [int(r["step"]) for r in rows] == [2, 4, 6]
     losses_ = [float(r["eval_loss"]) for r in rows]
     best = int(rows[int(np.argmin(losses_))]["step"])
-    assert results["best_step"] == results["steps_to_best"] == best
+    assert results["best_step"] == best
     assert best < 6  # this seeded run peaks early: the kept checkpoint is not the last state
-    assert results["validation"]["loss"] == pytest.approx(min(losses_))
+    assert results["best_value"] == pytest.approx(min(losses_))
     assert [p.name for p in (work / "best").iterdir() if p.name.isdigit()] == [str(best)]
     # The export is the best model: reloaded, it scores the best eval again.
     pre = hf.load_pretrained(work / "best_hf", "seq_cls")
     assert pre.config.id2label == ((0, "neg"), (1, "pos"))  # the dataset's label names
     assert pre.config.problem_type == "single_label_classification"
-    job = finetune.setup(cfg)
-    fwd = finetune.make_forward(Model(pre.config, "seq_cls"))
-    again = finetune.evaluate(fwd, pre.params, job.data, "validation", batch_size=16)
+    _, data, *_ = task_job.setup(cfg)
+    fwd = evaluate.make_forward(Model(pre.config, "seq_cls"))
+    again = evaluate.evaluate_task(fwd, pre.params, data, "validation", batch_size=16)
     assert again["loss"] == pytest.approx(min(losses_), rel=1e-5)
     assert (work / "train.csv").exists() and any((work / "tb").rglob("events.*"))
     assert set(results["test"]) == {"loss", "accuracy", "macro_f1", "mcc"}
@@ -362,24 +373,24 @@ def test_progress_csv_best_checkpoint_and_export(tiny_run):
 
 def test_distill_job_from_a_fine_tuned_teacher(tiny_run, tmp_path):
     _, teacher_work, _ = tiny_run
-    cfg = _tiny_cfg("teacher", tmp_path, max_steps=2)
+    cfg = _tiny_cfg("", tmp_path, steps=2)
     cfg.teacher.path = str(teacher_work / "best_hf")
-    cfg.model.layers = "0"
+    cfg.student.init, cfg.student.layers = "slice", "0"
     cfg.export.hf = False
-    res = finetune.run_finetune(cfg, tmp_path / "kd")
+    res = task_job.run(cfg, tmp_path / "kd")
     assert res["layers"] == 1 and res["teacher"] == cfg.teacher.path
     with (tmp_path / "kd" / "train.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert all(float(r["loss_kd"]) > 0 for r in rows)
     cfg.teacher.path = str(teacher_work.parent.parent / "nope")
     with pytest.raises(FileNotFoundError):
-        finetune.run_finetune(cfg, tmp_path / "kd2")
+        task_job.run(cfg, tmp_path / "kd2")
 
 
 def test_compare_models_writes_csv_and_pngs(tiny_dir, tmp_path):
     from flaxdistil import compare
 
-    cfg = _tiny_cfg(tiny_dir, tmp_path, metric="mcc")
+    cfg = _tiny_cfg(tiny_dir, tmp_path, evals={"metric": "mcc"})
     cfg.export.hf = False
     cfg.compare.models = f"tiny-L2={tiny_dir};tiny-L1={tiny_dir}@0"
     rows = compare.compare(cfg, tmp_path / "cmp")
@@ -395,21 +406,48 @@ def test_compare_models_writes_csv_and_pngs(tiny_dir, tmp_path):
         compare.parse_models("just-a-path")
 
 
-def test_resume_continues_from_the_last_eval(tiny_dir, tmp_path):
-    cfg = _tiny_cfg(tiny_dir, tmp_path, max_steps=4, resumable=True)
+def test_resume_continues_and_a_fresh_run_drops_stale_outputs(tiny_dir, tmp_path):
+    cfg = _tiny_cfg(tiny_dir, tmp_path, steps=4)
     cfg.export.hf = False
-    first = finetune.run_finetune(cfg, tmp_path / "job")
-    cfg.train.max_steps = 6  # a longer run in the same workdir picks up at step 4
-    second = finetune.run_finetune(cfg, tmp_path / "job")
-    with (tmp_path / "job" / "progress.csv").open() as f:
+    first = task_job.run(cfg, tmp_path / "job")
+    cfg.train.steps = 6  # a longer run in the same workdir picks up at step 4
+    second = task_job.run(cfg, tmp_path / "job")
+    with (tmp_path / "job" / "eval.csv").open() as f:
         steps = [int(r["step"]) for r in csv.DictReader(f)]
     assert (first["steps_run"], second["steps_run"], steps) == (4, 6, [2, 4, 6])
-    # Not resumable, same workdir: a fresh start, with none of the old run's logs or best.
-    fresh = _tiny_cfg(tiny_dir, tmp_path)
-    fresh.export.hf = False
-    res = finetune.run_finetune(fresh, tmp_path / "job")
-    with (tmp_path / "job" / "progress.csv").open() as f:
+    # A workdir without checkpoints (here: deleted) starts afresh, with none of the old logs.
+    import shutil
+
+    shutil.rmtree(tmp_path / "job" / "checkpoints")
+    res = task_job.run(_tiny_cfg(tiny_dir, tmp_path, steps=4), tmp_path / "job")
+    with (tmp_path / "job" / "eval.csv").open() as f:
         steps = [int(r["step"]) for r in csv.DictReader(f)]
     assert steps == [2, 4] and res["best_step"] in steps
     best = [p.name for p in (tmp_path / "job" / "best").iterdir() if p.name.isdigit()]
     assert best == [str(res["best_step"])]
+
+
+def test_token_level_eval_aligns_rows_of_any_length():
+    """Batches pad to their widest row (multiples of 16 here), so rows of one example come back
+    wider than its labels; evaluation cuts every row to its own length before padding both."""
+    lengths = [5, 17, 23, 9]  # not multiples of 16, and different batches get different widths
+    rng = np.random.RandomState(0)
+    labels = [rng.randint(0, 3, n) for n in lengths]
+    for lab in labels:
+        lab[0] = -100  # [CLS] carries no label
+    enc = from_rows([np.full(n, 7) for n in lengths], None, labels, token_level=True)
+    # a fake forward: the logit of class (position % 3), so predictions are known by hand
+    forward = lambda p, ids, mask, types: jax.nn.one_hot(jnp.arange(ids.shape[1]) % 3, 3)[
+        None
+    ].repeat(ids.shape[0], 0)
+    outs = evaluate.predict(forward, None, enc, batch_size=2)
+    assert [o.shape[0] for o in outs] != lengths  # padded by the batches ...
+    logits, lab = evaluate.token_level_arrays(outs, enc)
+    assert logits.shape == (4, 23, 3) and lab.shape == (4, 23)  # ... cut and padded together
+    hits = total = 0
+    for y in labels:
+        keep = y != -100
+        hits += (np.arange(len(y))[keep] % 3 == y[keep]).sum()
+        total += keep.sum()
+    got = evaluate.metrics.compute("token_classification", logits, lab)["token_accuracy"]
+    assert got == pytest.approx(hits / total)

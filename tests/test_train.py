@@ -16,6 +16,7 @@ import pytest
 
 from flaxdistil import derive_student, init_student, sharding, train
 from flaxdistil.models import Model, ModelConfig
+from flaxdistil.objective import Match, Objective, hparams
 
 ROOT = Path(__file__).resolve().parents[1]
 CFG = ModelConfig(
@@ -28,16 +29,11 @@ CFG = ModelConfig(
     hidden_dropout_prob=0.0,
     attention_probs_dropout_prob=0.0,
 )
-SPEC = train.DistillSpec(
-    alpha_ce=5.0,
-    alpha_mlm=2.0,
-    alpha_cos=1.0,
-    alpha_mse=0.5,
-    mlm_probability=0.3,
-    mask_token_id=4,
-    vocab_size=64,
-    special_ids=(0, 1, 2, 3, 4),  # pad, unk, cls, sep, mask
-)
+MLM = dict(mlm_probability=0.3, mask_token_id=4, vocab_size=64, special_ids=(0, 1, 2, 3, 4))
+# DistilBERT's triple loss: KL x T^2 x 5 + MLM x 2 + cosine of the last hidden states x 1.
+COS = Match(layer_T=4, layer_S=2, feature="hidden", loss="cos", weight=1.0)
+SPEC = Objective(task="mlm", use_kd=True, kd_loss_type="kl_t2", matches=(COS,), **MLM)
+HP = hparams({"temperature": 2.0, "hard_label_weight": 2.0, "kd_loss_weight": 5.0}, SPEC)
 
 
 def make_batch(batch_size=8, length=16, seed=0):
@@ -74,10 +70,10 @@ def distiller(models):
 def one_device_step(models, tx, spec=SPEC, trainable=None, with_teacher=True):
     t_params, teacher, _, student = models
     mesh = sharding.make_mesh(1, jax.devices()[:1])
-    return train.jit_distill_step(
+    return train.jit_train_step(
+        spec,
         student,
         teacher if with_teacher else None,
-        spec,
         tx,
         mesh,
         sharding.replicated(mesh),
@@ -90,6 +86,11 @@ def placed_state(params, tx, mesh):
     return jax.device_put(train.create_state(params, tx), sharding.replicated(mesh))
 
 
+def params_tree(params):
+    """The tree the optimizer updates: the student's params and the (here empty) projections."""
+    return {"params": params, "proj": {}}
+
+
 # ---------------------------------------------------------------- sharding
 
 
@@ -99,13 +100,16 @@ SHARDED_SCRIPT = textwrap.dedent(
     import jax, numpy as np
     from flaxdistil import derive_student, init_student, sharding, train
     from flaxdistil.models import Model, ModelConfig
+    from flaxdistil.objective import Match, Objective, hparams
 
     assert jax.device_count() == 8, jax.devices()
     # vocab 512 x hidden 32 = 2**14 entries: word embeddings big enough for the fsdp rule.
     cfg = ModelConfig(vocab_size=512, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
                       intermediate_size=48, max_position_embeddings=32)
-    spec = train.DistillSpec(alpha_mse=0.5, mlm_probability=0.3, mask_token_id=4, vocab_size=512,
-                             special_ids=(0, 1, 2, 3, 4))
+    cos = Match(layer_T=4, layer_S=2, feature="hidden", loss="cos", weight=1.0)
+    spec = Objective(task="mlm", use_kd=True, matches=(cos,), mlm_probability=0.3,
+                     mask_token_id=4, vocab_size=512, special_ids=(0, 1, 2, 3, 4))
+    hp = hparams({"temperature": 2.0, "hard_label_weight": 2.0, "kd_loss_weight": 5.0}, spec)
     t_params = init_student(cfg, "mlm", jax.random.key(0))
     s_params, s_cfg, _ = derive_student(t_params, cfg, layers=[1, 3])
     tx = train.make_optimizer(learning_rate=1e-2, total_steps=10, warmup_steps=1)
@@ -123,15 +127,15 @@ SHARDED_SCRIPT = textwrap.dedent(
         t_sh = sharding.tree_shardings(t_params, mesh)
         emb = t_sh["encoder"]["embeddings"]["word_embeddings"]["embedding"].spec
         assert (fsdp > 1) == ("fsdp" in tuple(emb)), emb
-        step = train.jit_distill_step(Model(s_cfg, "mlm"), Model(cfg, "mlm"), spec, tx, mesh,
-                                      state_sh, t_sh)
+        step = train.jit_train_step(spec, Model(s_cfg, "mlm"), Model(cfg, "mlm"), tx, mesh,
+                                    state_sh, t_sh)
         state = jax.device_put(state, state_sh)
         teacher = jax.device_put(t_params, t_sh)
         metrics = []
         for b in batches:
             batch = sharding.shard_batch(b, mesh)
             assert len(batch["input_ids"].sharding.device_set) == data * fsdp
-            state, m = step(state, teacher, batch, jax.random.key(7), None)
+            state, m = step(state, teacher, batch, jax.random.key(7), hp, None)
             metrics.append({k: float(v) for k, v in m.items()})
         leaves = jax.tree_util.tree_flatten_with_path(jax.device_get(state.params))[0]
         params = {jax.tree_util.keystr(p): np.asarray(x).tolist() for p, x in leaves}
@@ -183,7 +187,7 @@ def test_step_keeps_teacher_and_donates_state(models, distiller):
     teacher_copy = jax.tree.map(np.array, t_params)
     state = placed_state(s_params, tx, mesh)
     old = state
-    state, metrics = step(state, teacher, make_batch(), jax.random.key(0), None)
+    state, metrics = step(state, teacher, make_batch(), jax.random.key(0), HP, None)
     jax.block_until_ready(state)
 
     # the teacher is an argument, not donated: still readable and unchanged
@@ -194,39 +198,31 @@ def test_step_keeps_teacher_and_donates_state(models, distiller):
     assert all(x.is_deleted() for x in jax.tree.leaves(old.params))
     assert int(state.step) == 1
     host = jax.device_get(metrics)
-    for k in ("loss", "loss_ce", "loss_mlm", "loss_cos", "loss_mse", "grad_norm", "param_norm"):
+    cos = COS.key(0)
+    for k in ("loss", "loss_kd", "loss_hard", cos, "grad_norm", "param_norm"):
         assert np.isfinite(host[k]), (k, host[k])
         assert host[k] > 0, k
     np.testing.assert_allclose(
-        host["loss"],
-        5 * host["loss_ce"] + 2 * host["loss_mlm"] + host["loss_cos"] + 0.5 * host["loss_mse"],
-        rtol=1e-5,
+        host["loss"], 5 * host["loss_kd"] + 2 * host["loss_hard"] + host[cos], rtol=1e-5
     )
+    # the traced weights and temperature are logged as they were used
+    assert (host["kd_loss_weight"], host["hard_label_weight"], host["temperature"]) == (5, 2, 2)
     assert host["tokens"] == make_batch()["attention_mask"].sum()
 
 
 def test_step_without_teacher(models):
     """Every teacher weight at zero: plain MLM training, no teacher model nor params needed."""
     _, _, s_params, _ = models
-    spec = train.DistillSpec(
-        alpha_ce=0.0,
-        alpha_cos=0.0,
-        alpha_mse=0.0,
-        alpha_mlm=1.0,
-        mlm_probability=0.3,
-        mask_token_id=4,
-        vocab_size=64,
-        special_ids=SPEC.special_ids,
-    )
+    spec = Objective(task="mlm", **MLM)
     assert not spec.needs_teacher
     tx = train.make_optimizer(learning_rate=1e-3, total_steps=10)
     step, mesh = one_device_step(models, tx, spec=spec, with_teacher=False)
     state, metrics = step(
-        placed_state(s_params, tx, mesh), None, make_batch(), jax.random.key(0), None
+        placed_state(s_params, tx, mesh), None, make_batch(), jax.random.key(0), HP, None
     )
     host = jax.device_get(metrics)
-    assert host["loss_ce"] == host["loss_cos"] == host["loss_mse"] == 0.0
-    assert np.isfinite(host["loss_mlm"]) and host["loss"] == pytest.approx(host["loss_mlm"])
+    assert "loss_kd" not in host and COS.key(0) not in host
+    assert np.isfinite(host["loss_hard"]) and host["loss"] == pytest.approx(2 * host["loss_hard"])
     assert int(state.step) == 1
 
 
@@ -241,7 +237,7 @@ def test_trainable_freezes_the_rest(models):
     before = jax.tree.map(np.array, s_params)
     state = placed_state(s_params, tx, mesh)
     for seed in (0, 1):
-        state, _ = step(state, teacher, make_batch(seed=seed), jax.random.key(0), None)
+        state, _ = step(state, teacher, make_batch(seed=seed), jax.random.key(0), HP, None)
     after = jax.device_get(state.params)
     np.testing.assert_equal(after["encoder"], before["encoder"])  # bit-identical
     for path, new in jax.tree_util.tree_flatten_with_path(after["mlm"])[0]:
@@ -271,8 +267,10 @@ def test_weight_decay_mask(models):
     tx = train.make_optimizer(
         learning_rate=0.1, total_steps=10, weight_decay=0.5, max_grad_norm=None
     )
-    zeros = jax.tree.map(jnp.zeros_like, s_params)
-    updates, _ = jax.jit(tx.update)(zeros, tx.init(s_params), s_params)
+    zeros = params_tree(jax.tree.map(jnp.zeros_like, s_params))
+    tree = params_tree(s_params)
+    updates, _ = jax.jit(tx.update)(zeros, tx.init(tree), tree)
+    updates = updates["params"]
     for k, p in jax.tree_util.tree_flatten_with_path(s_params)[0]:
         name = "/".join(str(x.key) for x in k)
         u = updates
@@ -293,13 +291,13 @@ def test_warmup_then_linear_decay():
         max_grad_norm=None,
         eps=eps,
     )
-    params = {"w": jnp.zeros(())}
-    grads = {"w": jnp.ones(())}
+    params = params_tree({"w": jnp.zeros(())})
+    grads = params_tree({"w": jnp.ones(())})
     opt_state = tx.init(params)
     got = []
     for _ in range(total + 1):
         updates, opt_state = tx.update(grads, opt_state, params)
-        got.append(-float(updates["w"]) * (1 + eps))
+        got.append(-float(updates["params"]["w"]) * (1 + eps))
     # hand computed: t/4 * lr up to step 4, then lr * (1 - (t - 4) / 6) down to 0 at step 10
     want = [0, 0.25, 0.5, 0.75, 1.0, 5 / 6, 4 / 6, 0.5, 2 / 6, 1 / 6, 0.0]
     np.testing.assert_allclose(got, np.array(want) * lr, rtol=1e-5, atol=1e-12)
@@ -323,9 +321,9 @@ def test_gradient_accumulation(models):
     b1, b2 = make_batch(seed=1), make_batch(seed=2)
     key = jax.random.key(3)
     p0 = jax.tree.map(np.array, s_params)
-    state, _ = step(placed_state(s_params, tx, mesh), teacher, b1, key, None)
+    state, _ = step(placed_state(s_params, tx, mesh), teacher, b1, key, HP, None)
     np.testing.assert_equal(jax.device_get(state.params), p0)
-    state, _ = step(state, teacher, b2, key, None)
+    state, _ = step(state, teacher, b2, key, HP, None)
     p2 = jax.device_get(state.params)
 
     # the micro-batch gradients, by a "transformation" that stores them as its state
@@ -336,9 +334,9 @@ def test_gradient_accumulation(models):
     grad_step, _ = one_device_step(models, grab)
     grads = []
     for i, b in enumerate((b1, b2)):  # same masks: the step folds the micro-step index into rng
-        s = train.TrainState(jnp.int32(i), s_params, grab.init(s_params))
-        s, _ = grad_step(s, teacher, b, key, None)
-        grads.append(jax.device_get(s.opt_state))
+        s = train.TrainState(jnp.int32(i), s_params, {}, grab.init(params_tree(s_params)))
+        s, _ = grad_step(s, teacher, b, key, HP, None)
+        grads.append(jax.device_get(s.opt_state)["params"])
     mask = train.decay_mask(s_params)
 
     def adamw_first_step(p, g1, g2, decay):
@@ -360,8 +358,8 @@ def test_distillation_loss_decreases(models, distiller):
     state = placed_state(s_params, tx, mesh)
     batch, losses = make_batch(seed=4), []
     for _ in range(30):
-        state, m = step(state, teacher, batch, jax.random.key(5), None)
+        state, m = step(state, teacher, batch, jax.random.key(5), HP, None)
         losses.append(float(m["loss"]))
     assert np.all(np.isfinite(losses))
     first, last = np.mean(losses[:3]), np.mean(losses[-3:])
-    assert last < 0.8 * first, losses
+    assert last < 0.9 * first, losses

@@ -33,6 +33,8 @@ class Engine:
 def load_tokenizer(cfg):
     """The tokenizer of the model the student comes from (the teacher's when sliced from it)."""
     s = cfg.student
+    if s.init == "slice" and not cfg.teacher.path:  # before the tokenizer: the first thing missing
+        raise ValueError("student.init='slice' needs teacher.path (the model to slice)")
     path = cfg.teacher.path if s.init == "slice" or not s.path else s.path
     if not path:
         raise ValueError("set teacher.path or student.path: no model to take the tokenizer from")
@@ -116,20 +118,22 @@ def trainable_filter(prefixes: str):
     return lambda path: path.startswith(keep)
 
 
-def distill_fields(cfg, s_cfg, t_cfg) -> dict:
-    """cfg.distill as a plain dict, with distill.preset's values in place (printed)."""
-    d = dict(cfg.distill)
-    if d.get("preset"):
-        if t_cfg is None:
-            raise ValueError(f"distill.preset {d['preset']!r} needs a teacher: set teacher.path")
-        values = matches.resolve_preset(d["preset"], s_cfg, t_cfg)
-        print(f"distill.preset {d['preset']!r} sets {values}", flush=True)
-        d.update(values)
+def distill_fields(cfg, job: str, s_cfg, t_cfg) -> dict:
+    """cfg.distill with every unset field filled (config > preset > the job's default)."""
+    if cfg.distill.preset and t_cfg is None:
+        raise ValueError(f"distill.preset {cfg.distill.preset!r} needs a teacher: set teacher.path")
+    d, source = matches.distill_fields(dict(cfg.distill), job, s_cfg, t_cfg)
+    if t_cfg is not None:
+        shown = ", ".join(
+            f"{k}={d[k]!r} ({source[k]})" for k in source if k != "intermediate_matches"
+        )
+        n = len(d["intermediate_matches"])
+        print(f"distill: {shown}; {n} intermediate matches ({source['intermediate_matches']})")
     return d
 
 
 def build_objective(cfg, task: str, s_cfg, t_cfg, tokenizer, total_steps: int):
-    d = distill_fields(cfg, s_cfg, t_cfg)
+    d = distill_fields(cfg, "general" if task == "mlm" else "task", s_cfg, t_cfg)
     has_teacher = t_cfg is not None
     raw = [dict(m) for m in d["intermediate_matches"]] if has_teacher else []
     matched = matches.parse_matches(raw, s_cfg, t_cfg) if raw else ()
