@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export XLA_PYTHON_CLIENT_PREALLOCATE ?= false
 
-.PHONY: setup assets demo demo-export test lint clean teacher distill-minilm
+.PHONY: setup assets demo demo-export test lint clean teacher distill-minilm results-tiny
 
 setup: $(VENV)/.installed
 
@@ -51,5 +51,16 @@ teacher: assets
 distill-minilm: teacher
 	$(PY) scripts/distill.py --config configs/minilm_l3.py --workdir workdirs/minilm_l3
 	$(PY) scripts/distill.py --config configs/minilm_l3.py --workdir workdirs/minilm_l3_mlm_only \
-	  --config.distill.alpha_ce=0 --config.distill.alpha_cos=0
+	  --config.distill.kd_loss_weight=0 --config.distill.intermediate_matches=[]
 	$(PY) scripts/summarize.py workdirs/minilm_l3 workdirs/minilm_l3_mlm_only
+
+# Issue 9's task-distillation table: a random T4-tiny student (4 x 312) and the fine-tuned MiniLM
+# teacher on the movie-review snippets, three arms x 3 seeds (same init per seed in every arm).
+TINY_ARMS := tiny_base tiny_kd tiny_tinybert
+results-tiny: assets
+	$(PY) scripts/finetune.py --config configs/sentiment_minilm.py --workdir workdirs/sent_teacher
+	for arm in $(TINY_ARMS); do \
+	  $(PY) scripts/seeds.py --config configs/sentiment_minilm.py:$$arm --workdir workdirs/$$arm \
+	    --seeds=0,1,2 --config.teacher.path=workdirs/sent_teacher/best_hf || exit 1; done
+	$(PY) scripts/arms_table.py --metrics accuracy,mcc "no teacher=workdirs/tiny_base" \
+	  "KD on logits=workdirs/tiny_kd" "KD + TinyBERT matches=workdirs/tiny_tinybert"

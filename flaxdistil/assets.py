@@ -215,9 +215,14 @@ ALL = {
 }
 
 
+def minilm_mlm_teacher_path() -> Path:
+    """Where scripts/fit_mlm_head.py installs the fitted MiniLM teacher ('minilm-mlm')."""
+    return cache_dir() / "teachers" / "all-MiniLM-L6-v2-mlm"
+
+
 def minilm_mlm_teacher_dir() -> Path:
     """all-MiniLM-L6-v2 with the MLM head fitted by scripts/fit_mlm_head.py (not downloadable)."""
-    path = cache_dir() / "teachers" / "all-MiniLM-L6-v2-mlm"
+    path = minilm_mlm_teacher_path()
     if not (path / "config.json").exists():
         raise FileNotFoundError(
             f"no fitted MiniLM MLM teacher at {path}: create it with `make teacher` (runs "

@@ -12,8 +12,9 @@ Pair losses (fsp, gram, mmd, nst) take ``[i, j]`` on both sides.
 Presets (``PRESETS``; ``resolve_preset(name, student_cfg, teacher_cfg)``) set temperature, the
 KD loss and weights and the matches for the actual layer counts and widths:
  - distilbert: T=2, KL x T^2 weight 5, hard (MLM) 2, cosine on the last hidden states 1;
- - tinybert: attention_mse on scores + hidden_mse through projections, teacher layer k*i for
-   student layer i (k = L_T / L_S; embeddings to embeddings), then prediction-layer KD (ce, T=1);
+ - tinybert: attention_mse on scores + hidden_mse through projections, teacher layer
+   ceil(i * L_T / L_S) for student layer i (k * i when the depths divide; embeddings to
+   embeddings), then prediction-layer KD (ce, T=1);
  - pkd: BERT-PKD-skip: pkd on [CLS] of layers 1..L_S-1 (weight 100), KD ce at T=5 weight 0.5,
    hard 0.5;
  - minilm: MiniLM's last-layer attention distributions + value relations (equal head counts);
@@ -22,7 +23,7 @@ KD loss and weights and the matches for the actual layer counts and widths:
  - TextBrewer's example match sets by name: L3_hidden_mse, L4_hidden_mse, L6_hidden_mse,
    L3n_hidden_mse, L4t_hidden_mse (projections), L3_hidden_smmd, L4_hidden_smmd, L6_hidden_smmd,
    L4t_hidden_sgram, L3/L4_attention_mse, _ce, _mse_sum, _ce_mean (the digit is the student's
-   depth; the teacher layer is k * i for its actual depth).
+   depth; the teacher layer is mapped as for tinybert).
 """
 
 from __future__ import annotations
@@ -130,15 +131,15 @@ def parse_matches(raw_list, s_cfg, t_cfg) -> tuple[Match, ...]:
 # ---------------------------------------------------------------- presets
 
 
-def _layer_map(s_cfg, t_cfg, name: str) -> int:
-    k, rem = divmod(t_cfg.num_hidden_layers, s_cfg.num_hidden_layers)
-    if rem or k == 0:
+def teacher_layer(i: int, s_cfg, t_cfg) -> int:
+    """TinyBERT's uniform layer map: student layer i <- teacher layer ceil(i * L_T / L_S), which
+    is k * i when the depths divide (k = L_T / L_S) and ends at the last layer on both sides."""
+    if s_cfg.num_hidden_layers > t_cfg.num_hidden_layers:
         raise ValueError(
-            f"preset {name!r} maps student layer i to teacher layer k*i: the teacher's "
-            f"{t_cfg.num_hidden_layers} layers are not a multiple of the student's "
-            f"{s_cfg.num_hidden_layers}"
+            f"a layer-map preset needs a student no deeper than the teacher: student "
+            f"{s_cfg.num_hidden_layers} layers, teacher {t_cfg.num_hidden_layers}"
         )
-    return k
+    return -(-i * t_cfg.num_hidden_layers // s_cfg.num_hidden_layers)
 
 
 def _proj_if_needed(s_cfg, t_cfg):
@@ -148,21 +149,26 @@ def _proj_if_needed(s_cfg, t_cfg):
 
 
 def hidden_matches(s_cfg, t_cfg, loss: str, name: str, pairs: bool = False) -> list[dict]:
-    """Embeddings to embeddings, then student layer i to teacher layer k*i, for every i."""
-    k = _layer_map(s_cfg, t_cfg, name)
+    """Embeddings to embeddings, then student layer i to teacher_layer(i), for every i."""
     proj = {} if loss == "mmd" else _proj_if_needed(s_cfg, t_cfg)
     out = []
     for i in range(s_cfg.num_hidden_layers + 1):
-        s, t = ([i, i], [k * i, k * i]) if pairs else (i, k * i)
+        t = teacher_layer(i, s_cfg, t_cfg)
+        s, t = ([i, i], [t, t]) if pairs else (i, t)
         out.append({"layer_T": t, "layer_S": s, "feature": "hidden", "loss": loss, "weight": 1})
         out[-1].update(proj)
     return out
 
 
 def attention_matches(s_cfg, t_cfg, loss: str, name: str) -> list[dict]:
-    k = _layer_map(s_cfg, t_cfg, name)
     return [
-        {"layer_T": k * i, "layer_S": i, "feature": "attention", "loss": loss, "weight": 1}
+        {
+            "layer_T": teacher_layer(i, s_cfg, t_cfg),
+            "layer_S": i,
+            "feature": "attention",
+            "loss": loss,
+            "weight": 1,
+        }
         for i in range(1, s_cfg.num_hidden_layers + 1)
     ]
 
@@ -179,9 +185,14 @@ def _tinybert(s, t):
 
 
 def _pkd(s, t):
-    k = _layer_map(s, t, "pkd")
     matches = [
-        {"layer_T": k * i, "layer_S": i, "feature": "hidden", "loss": "pkd", "weight": 100.0}
+        {
+            "layer_T": teacher_layer(i, s, t),
+            "layer_S": i,
+            "feature": "hidden",
+            "loss": "pkd",
+            "weight": 100.0,
+        }
         | _proj_if_needed(s, t)
         for i in range(1, s.num_hidden_layers)
     ]

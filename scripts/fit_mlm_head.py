@@ -34,5 +34,5 @@ def fit_and_install(cfg, workdir, install_to):
 
 
 if __name__ == "__main__":
-    default = str(assets.cache_dir() / "teachers" / "all-MiniLM-L6-v2-mlm")
+    default = str(assets.minilm_mlm_teacher_path())
     runner.run(fit_and_install, flags={"install_to": default})

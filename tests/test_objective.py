@@ -219,3 +219,34 @@ def test_projections_survive_checkpoint_and_resume_bit_exactly(engine, tmp_path)
     np.testing.assert_array_equal(np.asarray(a.proj["m0"]["kernel"]),
                                   np.asarray(b.proj["m0"]["kernel"]))  # fmt: skip
     assert float(ma["loss"]) == float(mb["loss"])
+
+
+def test_minilm_presets_run_in_the_step():
+    """MiniLM's attention + value relations read the q/k/v and scores features through the
+    same step; MiniLMv2's 12 relation heads must divide both widths."""
+    with pytest.raises(ValueError, match="width 16 is not a multiple of num_relation_heads 12"):
+        matches.parse_matches(
+            matches.resolve_preset("minilmv2", STUDENT, TEACHER)["intermediate_matches"],
+            STUDENT,
+            TEACHER,
+        )
+    raw = matches.resolve_preset("minilm", STUDENT, TEACHER)["intermediate_matches"]
+    obj = Objective(task="mlm", use_hard=False, matches=matches.parse_matches(raw, STUDENT,
+                    TEACHER), **MLM)  # fmt: skip
+    assert obj.outputs("S") == {"output_hidden_states": False, "output_attentions": "scores",
+                                "output_qkv": True}  # fmt: skip
+    t_params = init_student(TEACHER, "mlm", jax.random.key(0))
+    s_params = init_student(STUDENT, "mlm", jax.random.key(1))
+    tx = train.make_optimizer(learning_rate=1e-3, total_steps=10)
+    hp = objective.hparams({"temperature": 1.0, "hard_label_weight": 0.0, "kd_loss_weight": 0.0},
+                           obj)  # fmt: skip
+    step = jax.jit(
+        lambda s, b: train.train_step(
+            s, t_params, b, jax.random.key(0), hp, student=Model(STUDENT, "mlm"),
+            teacher=Model(TEACHER, "mlm"), obj=obj, tx=tx,
+        )
+    )  # fmt: skip
+    _, m = step(train.create_state(s_params, tx), _batch())
+    terms = [obj.matches[i].key(i) for i in range(2)]
+    assert all(np.isfinite(float(m[k])) and float(m[k]) > 0 for k in terms)
+    assert float(m["loss"]) == pytest.approx(float(m[terms[0]] + m[terms[1]]), rel=1e-5)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-IGNORE_INDEX = -100
+from flaxdistil.losses import IGNORE_INDEX
 
 
 def _random_non_special(rng, shape, special_ids, vocab_size):
