@@ -10,10 +10,12 @@ what was expected and what was found, and exit status 1 (FLAXDISTIL_DEBUG=1 show
 
 from __future__ import annotations
 
+import argparse
 import ast
 import contextlib
 import difflib
 import importlib.util
+import inspect
 import json
 import os
 import sys
@@ -77,10 +79,31 @@ def load_config(spec: str):
         sys.path.insert(0, str(ROOT))  # configs/ import their siblings as `configs.common`
     spec_ = importlib.util.spec_from_file_location(f"_config_{file.stem}", file)
     module = importlib.util.module_from_spec(spec_)
-    spec_.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise UsageError(f"config file {path} defines no get_config()")
+    try:
+        spec_.loader.exec_module(module)
+    except SyntaxError as e:
+        raise UsageError(f"config file {path} line {e.lineno}: {e.msg}") from e
+    except Exception as e:  # noqa: BLE001 - a NameError or ImportError in the user's file
+        raise UsageError(f"config file {path} fails to load: {type(e).__name__}: {e}") from e
+    if not callable(getattr(module, "get_config", None)):
+        raise UsageError(f"config file {path} defines no get_config(): expected def get_config()")
+    _check_arg(path, module.get_config, arg)
     return module.get_config(arg) if arg else module.get_config()
+
+
+def _check_arg(path: str, get_config, arg: str) -> None:
+    """``file.py:ARG`` only for a get_config that takes an argument, and one that needs one."""
+    params = list(inspect.signature(get_config).parameters.values())
+    if any(p.kind is p.VAR_POSITIONAL for p in params):
+        return
+    if arg and not params:
+        raise UsageError(
+            f"{path}'s get_config() takes no argument, got {arg!r}: use --config={path}"
+        )
+    if not arg and params and params[0].default is inspect.Parameter.empty:
+        raise UsageError(
+            f"{path}'s get_config({params[0].name}) needs an argument: --config={path}:ARG"
+        )
 
 
 def _keys(cfg, prefix: str = "") -> list[str]:
@@ -110,15 +133,20 @@ def _parse_value(key: str, raw: str, current):
         return type(current)(value) if isinstance(current, float) else value
     if isinstance(current, str):
         return raw
+    is_list = isinstance(current, list | tuple)
     try:
-        return ast.literal_eval(raw)
+        value = ast.literal_eval(raw)
     except (ValueError, SyntaxError):
-        if isinstance(current, list | tuple | dict) or hasattr(current, "items"):
-            kind = "a list" if isinstance(current, list | tuple) else "a dict"
+        if is_list or hasattr(current, "items"):
+            kind = "a list" if is_list else "a dict"
             raise UsageError(
                 f"--config.{key} expects {kind} as a Python literal, got {raw!r}"
             ) from None
         return raw
+    if is_list and not isinstance(value, list | tuple):
+        found = type(value).__name__
+        raise UsageError(f"--config.{key} expects a list [...], got a {found}: {raw!r}")
+    return value
 
 
 def apply_override(cfg, key: str, raw: str) -> None:
@@ -187,6 +215,19 @@ def run(job, argv: list[str] | None = None, flags: dict | None = None):
 
         cfg, workdir, extra = parse(argv, flags)
         sharding.maybe_initialize_distributed()
-        if workdir and Path(workdir).exists() and not Path(workdir).is_dir():
-            raise UsageError(f"--workdir {workdir} is a file; expected a directory")
+        check_workdir(workdir)
         return job(cfg, workdir, **extra)
+
+
+def check_workdir(workdir) -> None:
+    if workdir and Path(workdir).exists() and not Path(workdir).is_dir():
+        raise UsageError(f"--workdir {workdir} is a file; expected a directory")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse for the scripts without a config: its mistakes end in one ``error:`` line too."""
+
+    def error(self, message: str):
+        self.print_usage(sys.stderr)
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)

@@ -19,7 +19,7 @@ from flax import serialization
 
 from flaxdistil.hf import TOKENIZER_FILES, load_pretrained, save_pretrained
 from flaxdistil.models import HEADS, Model, ModelConfig
-from flaxdistil.runner import user_errors
+from flaxdistil.runner import ArgumentParser, user_errors
 
 SENTENCES = ["The cat sat on the mat.", "Distillation keeps most of the teacher's accuracy."]
 TOL = 1e-4
@@ -55,7 +55,7 @@ def check(hf_dir, params, cfg: ModelConfig, head, tokenizer_dir, texts) -> float
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap = ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("direction", choices=["to-flax", "to-hf"])
     ap.add_argument("--src", required=True, help="HF checkpoint directory or Hub id")
     ap.add_argument(

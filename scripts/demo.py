@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 import flaxdistil
-from flaxdistil import assets
+from flaxdistil import assets, runner
 from flaxdistil.parity import compare_with_transformers
 
 SENTENCES = [
@@ -20,9 +20,10 @@ SENTENCES = [
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap = runner.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--workdir", default="workdirs/demo")
     args = ap.parse_args()
+    runner.check_workdir(args.workdir)
 
     teacher = flaxdistil.load_pretrained(assets.minilm_dir(), head=None)
     print(teacher.report)
@@ -50,4 +51,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with runner.user_errors():
+        main()

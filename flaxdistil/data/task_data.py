@@ -122,8 +122,11 @@ def _from_files(d):
     files = {"train": d.train_file, "validation": d.validation_file, "test": d.test_file}
     out, reports = {}, []
     for split, path in files.items():
+        if path and not Path(path).expanduser().is_file():
+            found = "a directory" if Path(path).expanduser().is_dir() else "nothing"
+            raise FileNotFoundError(f"data.{split}_file {path}: expected a file, found {found}")
         if path:
-            out[split], report = _read(path, d, spec)
+            out[split], report = _read(Path(path).expanduser(), d, spec)
             reports.append(report)
     missing = [s for s in ("validation", "test") if s not in out]
     if missing:  # carve what is missing out of the train file, fixed by the seed

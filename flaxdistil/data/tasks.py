@@ -71,17 +71,23 @@ class DataReport:
     kept: int = 0
     skipped: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     first_rows: dict[str, list[int]] = dataclasses.field(default_factory=dict)
+    first_values: dict[str, list] = dataclasses.field(default_factory=dict)  # what was found
 
-    def skip(self, reason: str, row: int, keep_rows: int = 5) -> None:
+    def skip(self, reason: str, row: int, keep_rows: int = 5, value=None) -> None:
         self.skipped[reason] += 1
         rows = self.first_rows.setdefault(reason, [])
         if len(rows) < keep_rows:
             rows.append(row)
+        values = self.first_values.setdefault(reason, [])
+        if value is not None and len(values) < keep_rows and value not in values:
+            values.append(value)
 
     def __str__(self) -> str:
         lines = [f"{self.source}: kept {self.kept}/{self.total} rows"]
         for reason, n in self.skipped.most_common():
-            lines.append(f"  skipped {n} ({reason}), e.g. rows {self.first_rows[reason]}")
+            found = self.first_values.get(reason)
+            found = f", found {', '.join(map(repr, found))}" if found else ""
+            lines.append(f"  skipped {n} ({reason}), e.g. rows {self.first_rows[reason]}{found}")
         return "\n".join(lines)
 
 
@@ -103,11 +109,11 @@ def _class_index(value, spec: TaskSpec) -> int:
     try:
         index = int(value)
     except (TypeError, ValueError):
-        raise _BadRow("unknown_label") from None
+        raise _BadRow("unknown_label", value) from None
     if isinstance(value, float) and index != value:
-        raise _BadRow("unknown_label")
+        raise _BadRow("unknown_label", value)
     if not 0 <= index < spec.n_labels:
-        raise _BadRow("label_out_of_range")
+        raise _BadRow("label_out_of_range", value)
     return index
 
 
@@ -176,7 +182,7 @@ def validate_rows(rows, spec: TaskSpec, source: str) -> tuple[list[Example], Dat
         try:
             examples.append(parse_row(raw, spec, row))
         except _BadRow as bad:
-            report.skip(str(bad), row)
+            report.skip(bad.args[0], row, value=bad.args[1] if len(bad.args) > 1 else None)
     report.kept = len(examples)
     if not examples:
         raise ValueError(_no_rows_message(spec, report))

@@ -123,6 +123,7 @@ def distill_fields(cfg, job: str, s_cfg, t_cfg) -> dict:
     if cfg.distill.preset and t_cfg is None:
         raise ValueError(f"distill.preset {cfg.distill.preset!r} needs a teacher: set teacher.path")
     d, source = matches.distill_fields(dict(cfg.distill), job, s_cfg, t_cfg)
+    _check_distill(d)
     if t_cfg is not None:
         shown = ", ".join(
             f"{k}={d[k]!r} ({source[k]})" for k in source if k != "intermediate_matches"
@@ -130,6 +131,26 @@ def distill_fields(cfg, job: str, s_cfg, t_cfg) -> dict:
         n = len(d["intermediate_matches"])
         print(f"distill: {shown}; {n} intermediate matches ({source['intermediate_matches']})")
     return d
+
+
+def _check_distill(d: dict) -> None:
+    """Unset (None) fields have no type for the runner to check an override against: here."""
+    for k in ("temperature", "hard_label_weight", "kd_loss_weight", "mlm_probability"):
+        if isinstance(d[k], bool) or not isinstance(d[k], int | float):
+            raise ValueError(f"distill.{k} expects a number, got {d[k]!r}")
+    if not isinstance(d["kd_loss_type"], str):
+        raise ValueError(
+            f"distill.kd_loss_type expects a name such as 'kl_t2', got {d['kd_loss_type']!r}"
+        )
+    ims = d["intermediate_matches"]
+    if hasattr(ims, "items") or not isinstance(ims, list | tuple):
+        kind = "dict" if hasattr(ims, "items") else type(ims).__name__
+        raise ValueError(
+            f"distill.intermediate_matches expects a list of dicts [{{...}}, ...], got a {kind}"
+        )
+    bad = [m for m in ims if not hasattr(m, "items")]
+    if bad:
+        raise ValueError(f"distill.intermediate_matches expects dicts, found {bad[0]!r}")
 
 
 def build_objective(cfg, task: str, s_cfg, t_cfg, tokenizer, total_steps: int):
