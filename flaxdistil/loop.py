@@ -81,9 +81,9 @@ class Outcome:
 
 
 class Loop:
-    """``Loop(cfg, workdir, total_steps, evaluate).run(state, step_fn, batches, ...)``.
+    """``Loop(cfg, workdir, total_steps, evaluate).run(engine, batches)``.
 
-    ``evaluate(params) -> {metric: value}`` scores the validation data; ``step_fn(state,
+    ``evaluate(params) -> {metric: value}`` scores the validation data; ``engine.step_fn(state,
     teacher_params, batch, rng, hparams, token_weights)`` is the jitted train step."""
 
     def __init__(self, cfg, workdir, total_steps: int, evaluate=None, desc: str = "train"):
@@ -105,9 +105,17 @@ class Loop:
         self.eval_log = MetricsLogger(self.workdir, "eval")
         self.elapsed0, self.evals = 0.0, 0
 
-    def run(self, state, step_fn, batches, *, mesh, rng, t_params=None, hparams=None,
-            token_weights=None) -> Outcome:  # fmt: skip
-        state, start = self._maybe_resume(state, batches)
+    def run(self, engine, batches, token_weights=None) -> Outcome:
+        """Train ``engine`` (jobs.common.Engine: state, compiled step, teacher params, hparams,
+        mesh) on ``batches`` to the total step count, from the last checkpoint if there is one."""
+        step_fn, mesh, t_params, hparams = (
+            engine.step_fn,
+            engine.mesh,
+            engine.teacher_params,
+            engine.hparams,
+        )
+        rng = jax.random.key(self.t.seed)
+        state, start = self._maybe_resume(engine.state, batches)
         self.t0 = time.perf_counter() - self.elapsed0
         self.bar = Progress(self.total, start, self.desc)
         pending, step = None, start

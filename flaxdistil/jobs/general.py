@@ -103,16 +103,8 @@ def run(cfg, workdir) -> dict:
     if cfg.eval.every or cfg.eval.at_epoch_end:
         evaluate = lambda p: evaluate_mlm(eval_model, p, held_rows, obj, cfg.eval.batch_size, pad)
     loop = Loop(cfg, workdir, total, evaluate, desc="distill" if obj.needs_teacher else "mlm")
-    out = loop.run(
-        engine.state,
-        engine.step_fn,
-        batches,
-        mesh=engine.mesh,
-        rng=jax.random.key(t.seed),
-        t_params=engine.teacher_params,
-        hparams=engine.hparams,
-        token_weights=_token_weights(cfg, train_rows, tokenizer, s_cfg.vocab_size),
-    )
+    weights = _token_weights(cfg, train_rows, tokenizer, s_cfg.vocab_size)
+    out = loop.run(engine, batches, weights)
     params = jax.device_get(out.best_params(out.state.params))
     return _finish(cfg, workdir, params, out, s_cfg, teacher, held_rows, obj, tokenizer)
 

@@ -79,15 +79,7 @@ def run(cfg, workdir) -> dict:
         forward, p, data, split, batch_size=e.batch_size, pad_id=pad
     )
     desc = t.desc or ("distil" if obj.needs_teacher else "finetune")
-    out = Loop(cfg, workdir, total, score, desc).run(
-        engine.state,
-        engine.step_fn,
-        batches,
-        mesh=engine.mesh,
-        rng=jax.random.key(t.seed),
-        t_params=engine.teacher_params,
-        hparams=engine.hparams,
-    )
+    out = Loop(cfg, workdir, total, score, desc).run(engine, batches)
     best = jax.device_get(out.best_params(out.state.params))
     test = score(best, "test")
     print("test: " + "  ".join(f"{k} {v:.4f}" for k, v in test.items()), flush=True)
