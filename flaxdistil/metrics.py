@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-IGNORE_INDEX = -100
+from flaxdistil.losses import IGNORE_INDEX  # the label convention of the losses, -100
 
 
 def _ints(x) -> np.ndarray:

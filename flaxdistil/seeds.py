@@ -64,6 +64,11 @@ def paired_bootstrap(a, b, n: int = 10_000, seed: int = 0, level: float = 0.95):
     return float(d.mean()), float(lo), float(hi)
 
 
+def _by_seed(summary: dict, seeds: list[int], metric: str) -> list[float]:
+    runs = dict(zip(summary["seeds"], summary["runs"]))
+    return [float(_test_metrics(runs[s])[metric]) for s in seeds]
+
+
 def arms_table(arms: dict[str, Path], metrics: list[str], baseline: str | None = None) -> str:
     """Markdown: mean +- std per arm and metric, and each arm's paired difference from the
     baseline arm with its 95% bootstrap interval (* where the interval excludes 0)."""
@@ -76,11 +81,9 @@ def arms_table(arms: dict[str, Path], metrics: list[str], baseline: str | None =
         cells = [f"{d['test'][m][0]:.4f} ± {d['test'][m][1]:.4f}" for m in metrics]
         diff = ""
         if name != baseline:
-            common = [s for s in d["seeds"] if s in base["seeds"]]
-            pick = lambda r, m: [
-                float(_test_metrics(r["runs"][r["seeds"].index(s)])[m]) for s in common
-            ]
-            mean, lo, hi = paired_bootstrap(pick(base, metrics[0]), pick(d, metrics[0]))
+            shared = [s for s in d["seeds"] if s in base["seeds"]]
+            a, b = (_by_seed(r, shared, metrics[0]) for r in (base, d))
+            mean, lo, hi = paired_bootstrap(a, b)
             star = "*" if lo > 0 or hi < 0 else ""
             diff = f"{mean:+.4f} [{lo:+.4f}, {hi:+.4f}]{star}"
         lines.append(f"| {name} | {len(d['seeds'])} | " + " | ".join(cells) + f" | {diff} |")

@@ -18,18 +18,12 @@ import numpy as np
 from flax import serialization
 
 from flaxdistil.hf import TOKENIZER_FILES, load_pretrained, save_pretrained
+from flaxdistil.hf_table import AUTO_CLASSES
 from flaxdistil.models import HEADS, Model, ModelConfig
 from flaxdistil.runner import ArgumentParser, user_errors
 
 SENTENCES = ["The cat sat on the mat.", "Distillation keeps most of the teacher's accuracy."]
 TOL = 1e-4
-AUTO = {
-    None: "AutoModel",
-    "mlm": "AutoModelForMaskedLM",
-    "seq_cls": "AutoModelForSequenceClassification",
-    "token_cls": "AutoModelForTokenClassification",
-    "qa": "AutoModelForQuestionAnswering",
-}
 
 
 def check(hf_dir, params, cfg: ModelConfig, head, tokenizer_dir, texts) -> float:
@@ -44,7 +38,9 @@ def check(hf_dir, params, cfg: ModelConfig, head, tokenizer_dir, texts) -> float
     ids, mask = batch["input_ids"], batch["attention_mask"]
     ours, aux = Model(cfg, head).apply({"params": params}, ids, mask)
     ours = aux["last_hidden_state"] if head is None else ours
-    ref = getattr(transformers, AUTO[head]).from_pretrained(hf_dir)  # its family from config.json
+    ref = getattr(transformers, AUTO_CLASSES[head]).from_pretrained(
+        hf_dir
+    )  # its family from config.json
     with torch.no_grad():
         out = ref.eval()(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask))
     if head is None:

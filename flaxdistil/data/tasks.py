@@ -17,13 +17,14 @@ import dataclasses
 import hashlib
 import json
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from flaxdistil.losses import IGNORE_INDEX
+
 TASK_TYPES = ("classification", "regression", "multilabel", "token_classification", "qa")
-IGNORE_INDEX = -100
 AG_NEWS_LABELS = ("World", "Sports", "Business", "Sci/Tech")
 _CACHE_VERSION = 1  # bump when the Encoded layout changes, so stale caches are not reused
 
@@ -583,23 +584,3 @@ def collate(encoded: Encoded, idx: np.ndarray, pad_id: int = 0, pad_multiple: in
         "token_type_ids": types_BxL,
         "labels": labels if labels is not None else encoded.labels[idx],
     }
-
-
-def batches(
-    encoded: Encoded,
-    batch_size: int,
-    shuffle: bool = False,
-    seed: int = 0,
-    pad_id: int = 0,
-    pad_multiple: int = 32,
-    drop_remainder: bool = False,
-) -> Iterator[dict]:
-    """Deterministic batches: the order depends only on seed (pass e.g. seed + epoch for a new
-    order each epoch). The last, smaller batch is kept unless drop_remainder."""
-    n = len(encoded)
-    order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
-    for start in range(0, n, batch_size):
-        idx = order[start : start + batch_size]
-        if drop_remainder and len(idx) < batch_size:
-            return
-        yield collate(encoded, idx, pad_id, pad_multiple)

@@ -14,7 +14,6 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
-from transformers import AutoTokenizer
 
 from flaxdistil import assets
 
@@ -24,6 +23,8 @@ MAX_UNK_FRACTION = 0.5  # LmSeqsDataset.remove_unknown_sequences
 
 def load_tokenizer(path: str | Path):
     """The teacher's fast Hugging Face tokenizer from a local directory."""
+    from transformers import AutoTokenizer  # imports torch: only when a tokenizer is needed
+
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     if not tokenizer.is_fast:
         raise ValueError(
