@@ -148,7 +148,7 @@ def _proj_if_needed(s_cfg, t_cfg):
     return {"proj": ["linear", s_cfg.hidden_size, t_cfg.hidden_size]}
 
 
-def hidden_matches(s_cfg, t_cfg, loss: str, name: str, pairs: bool = False) -> list[dict]:
+def hidden_matches(s_cfg, t_cfg, loss: str, pairs: bool = False) -> list[dict]:
     """Embeddings to embeddings, then student layer i to teacher_layer(i), for every i."""
     proj = {} if loss == "mmd" else _proj_if_needed(s_cfg, t_cfg)
     out = []
@@ -160,7 +160,7 @@ def hidden_matches(s_cfg, t_cfg, loss: str, name: str, pairs: bool = False) -> l
     return out
 
 
-def attention_matches(s_cfg, t_cfg, loss: str, name: str) -> list[dict]:
+def attention_matches(s_cfg, t_cfg, loss: str) -> list[dict]:
     return [
         {
             "layer_T": teacher_layer(i, s_cfg, t_cfg),
@@ -178,8 +178,8 @@ def _distilbert(s, t):
 
 
 def _tinybert(s, t):
-    matches = attention_matches(s, t, "attention_mse", "tinybert")
-    matches += hidden_matches(s, t, "hidden_mse", "tinybert")
+    matches = attention_matches(s, t, "attention_mse")
+    matches += hidden_matches(s, t, "hidden_mse")
     return dict(temperature=1.0, kd_loss_type="ce", kd_loss_weight=1.0, hard_label_weight=0.0,
                 intermediate_matches=matches)  # fmt: skip
 
@@ -239,10 +239,10 @@ def _textbrewer_set(name: str, s_cfg, t_cfg) -> dict:
             f"{s_cfg.num_hidden_layers} layers"
         )
     if kind.startswith("attention"):
-        return {"intermediate_matches": attention_matches(s_cfg, t_cfg, kind, name)}
+        return {"intermediate_matches": attention_matches(s_cfg, t_cfg, kind)}
     loss, pairs = {"hidden_mse": ("hidden_mse", False), "hidden_smmd": ("mmd", True),
                    "hidden_sgram": ("gram", True)}[kind]  # fmt: skip
-    return {"intermediate_matches": hidden_matches(s_cfg, t_cfg, loss, name, pairs)}
+    return {"intermediate_matches": hidden_matches(s_cfg, t_cfg, loss, pairs)}
 
 
 # What an unset (None) distill field means when no preset sets it, per job: general distillation

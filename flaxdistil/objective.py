@@ -104,8 +104,9 @@ class Objective:
     def needs_teacher(self) -> bool:
         return self.use_kd or bool(self.matches)
 
-    def outputs(self, side: str) -> dict:
-        """The model.apply keywords that produce the features the matches read on one side."""
+    @property
+    def outputs(self) -> dict:
+        """The model.apply keywords that produce the features the matches read (both sides)."""
         feats = {m.feature for m in self.matches}
         return {
             "output_hidden_states": "hidden" in feats,

@@ -161,7 +161,7 @@ def train_step(
     t_out = None
     if obj.needs_teacher:
         t_out = teacher.apply(
-            {"params": teacher_params}, ids, mask, types, **head_kw, **obj.outputs("T")
+            {"params": teacher_params}, ids, mask, types, **head_kw, **obj.outputs
         )
         t_out = jax.lax.stop_gradient(jax.tree.map(lambda x: x.astype(jnp.float32), t_out))
 
@@ -174,7 +174,7 @@ def train_step(
             train=True,
             rngs={"dropout": dropout_rng},
             **head_kw,
-            **obj.outputs("S"),
+            **obj.outputs,
         )
         total, terms = objectives.compose(
             obj, s_out, t_out, batch, labels, trained["proj"], hparams, state.step

@@ -178,7 +178,7 @@ def test_torch_reference_computes_flaxdistils_loss(gather):
             masked.numpy(),
             mask.numpy(),
             masked_positions=positions,
-            **obj.outputs("S"),
+            **obj.outputs,
         )
 
     total, terms = objective.compose(

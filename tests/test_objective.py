@@ -233,7 +233,7 @@ def test_minilm_presets_run_in_the_step():
     raw = matches.resolve_preset("minilm", STUDENT, TEACHER)["intermediate_matches"]
     obj = Objective(task="mlm", use_hard=False, matches=matches.parse_matches(raw, STUDENT,
                     TEACHER), **MLM)  # fmt: skip
-    assert obj.outputs("S") == {"output_hidden_states": False, "output_attentions": "scores",
+    assert obj.outputs == {"output_hidden_states": False, "output_attentions": "scores",
                                 "output_qkv": True}  # fmt: skip
     t_params = init_student(TEACHER, "mlm", jax.random.key(0))
     s_params = init_student(STUDENT, "mlm", jax.random.key(1))
