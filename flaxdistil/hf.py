@@ -344,7 +344,7 @@ def convert_to_hf(params: dict, cfg: ModelConfig, head: str | None) -> dict[str,
                 sd[name.format(i=i)] = np.ascontiguousarray(hf_table.to_hf(value[i], layout, H))
         else:
             sd[name] = np.ascontiguousarray(hf_table.to_hf(value, layout, H))
-    if head == "mlm":  # HF's decoder bias is the head bias under a second name
+    if "mlm" in params:  # HF's decoder bias is the head bias under a second name
         for tied, source in hf_table.TIED[cfg.model_type].items():
             if tied.endswith("decoder.bias"):
                 sd[tied] = sd[source].copy()

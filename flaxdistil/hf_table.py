@@ -149,9 +149,15 @@ HEAD = {
         ("classifier/dense", "sequence_summary.summary", "dense"),
         ("classifier/out", "logits_proj", "dense"),
     ],
+    ("xlnet", "xlnet_lm"): [("lm_loss/bias", "lm_loss.bias", "param")],
     **{(f, "token_cls"): _TOKEN_CLS for f in BACKBONE},
     **{(f, "qa"): _QA for f in BACKBONE},
 }
+
+# AlbertForPreTraining: the MLM head and the sentence-order classifier on the pooler.
+HEAD["albert", "albert_pretraining"] = HEAD["albert", "mlm"] + [
+    ("sop_classifier/out", "sop_classifier.classifier", "dense")
+]
 
 # Keys HF keeps that carry no information of their own: the decoder tied to the word embeddings,
 # its bias (the same tensor as the head bias), and registered buffers.
@@ -170,7 +176,7 @@ TIED = {
         "predictions.decoder.weight": "embeddings.word_embeddings.weight",
         "predictions.decoder.bias": "predictions.bias",
     },
-    "xlnet": {},
+    "xlnet": {"lm_loss.weight": "word_embedding.weight"},
 }
 BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids")
 
@@ -213,6 +219,8 @@ _CLASS_SUFFIX = {
     "token_cls": "ForTokenClassification",
     "qa": "ForQuestionAnswering",
     "electra_disc": "ForPreTraining",
+    "albert_pretraining": "ForPreTraining",
+    "xlnet_lm": "LMHeadModel",
 }
 ARCHITECTURES = {
     f: {h: _CLASS_PREFIX[f] + _CLASS_SUFFIX[h] for h in FAMILY_HEADS[f]} for f in FAMILIES
@@ -226,6 +234,8 @@ AUTO_CLASSES = {
     "token_cls": "AutoModelForTokenClassification",
     "qa": "AutoModelForQuestionAnswering",
     "electra_disc": "AutoModelForPreTraining",
+    "albert_pretraining": "AutoModelForPreTraining",
+    "xlnet_lm": "AutoModelForPreTraining",  # XLNetLMHeadModel
 }
 
 # kind -> [(our leaf name, HF tensor suffix, layout)]; layout: how one tensor changes (see below)

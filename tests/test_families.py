@@ -80,7 +80,15 @@ def _torch_forward(model, ids, mask, types):
 def _torch_logits(out, head):
     if head == "qa":
         return np.stack([out.start_logits.numpy(), out.end_logits.numpy()], -1)
+    if head == "albert_pretraining":
+        return {"mlm": out.prediction_logits.numpy(), "sop": out.sop_logits.numpy()}
     return out.logits.numpy()
+
+
+def _max_abs(ours, theirs) -> float:
+    """Over every array of a (possibly dict of) logits: ALBERT's pretraining head has two."""
+    diffs = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - b).max()), ours, theirs)
+    return max(jax.tree.leaves(diffs))
 
 
 def _ours(pre, ids, mask, types, **kw):
@@ -108,7 +116,7 @@ def _max_diffs(logits, aux, theirs, head) -> dict:
         ),
     }
     if head is not None:
-        d["logits"] = float(np.abs(np.asarray(logits) - _torch_logits(theirs, head)).max())
+        d["logits"] = _max_abs(logits, _torch_logits(theirs, head))
     if "pooled" in aux and getattr(theirs, "pooler_output", None) is not None:
         d["pooled"] = float(np.abs(np.asarray(aux["pooled"]) - theirs.pooler_output.numpy()).max())
     return d
@@ -142,7 +150,8 @@ def test_vs_transformers_and_back(case, head, make_hf_model, tmp_path, parity_re
     theirs = _torch_forward(hf, ids, mask, types)
     assert aux["hidden_states"].shape == (4, 3, 11, 36)
     if head is not None:
-        assert logits.shape == _torch_logits(theirs, head).shape
+        shapes = lambda tree: jax.tree.map(np.shape, tree)
+        assert shapes(logits) == shapes(_torch_logits(theirs, head))
     diffs = _max_diffs(logits, aux, theirs, head)
     print(f"\n{case}/{head}: {diffs}")
     parity_report[f"tiny/{case}/{head}"] = diffs
@@ -285,6 +294,8 @@ def test_config_errors():
                       num_hidden_layers=1, embedding_size=16, add_pooler=False)  # fmt: skip
     with pytest.raises(ValueError, match="albert sequence classifier reads the pooler"):
         Model(cfg, "seq_cls").init(jax.random.key(0), np.ones((1, 4), np.int32))
+    with pytest.raises(ValueError, match="albert sentence-order classifier reads the pooler"):
+        Model(cfg, "albert_pretraining").init(jax.random.key(0), np.ones((1, 4), np.int32))
 
 
 def test_xlnet_without_segments_and_refusals(make_hf_model, tmp_path):

@@ -15,12 +15,24 @@ FAMILIES = (
     "albert",
     "xlnet",
 )
-HEADS = (None, "mlm", "seq_cls", "token_cls", "qa", "electra_disc")
+HEADS = (
+    None,
+    "mlm",
+    "seq_cls",
+    "token_cls",
+    "qa",
+    "electra_disc",
+    "albert_pretraining",
+    "xlnet_lm",
+)
 # electra_disc: ElectraForPreTraining's replaced-token detector, one logit per token.
-# XLNet has no masked LM (its LM head needs perm_mask/target_mapping); its QA is the simple one.
+# albert_pretraining: AlbertForPreTraining, logits {"mlm": [B, T, V], "sop": [B, num_labels]}.
+# xlnet_lm: XLNetLMHeadModel (perm_mask, target_mapping, mems); XLNet has no masked LM, and its
+# QA is the simple one.
 FAMILY_HEADS = {f: HEADS[:5] for f in FAMILIES} | {
-    "electra": HEADS,
-    "xlnet": (None, "seq_cls", "token_cls", "qa"),
+    "electra": HEADS[:6],
+    "albert": HEADS[:5] + ("albert_pretraining",),
+    "xlnet": (None, "seq_cls", "token_cls", "qa", "xlnet_lm"),
 }
 
 # Families that are another family's code and HF key names under their own model_type (and

@@ -75,18 +75,22 @@ class Embeddings(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, input_ids_BxT, token_type_ids_BxT, deterministic: bool):
+    def __call__(self, input_ids_BxT, token_type_ids_BxT, deterministic: bool, num_predict=None):
+        """XLNet: ((words h, query stream g: mask_emb at num_predict targets, or None), table)."""
         cfg = self.config
         init = nn.initializers.normal(cfg.initializer_range)
         embed = lambda n, name, i=init: nn.Embed(n, cfg.embed_dim, embedding_init=i, name=name)
         word = embed(cfg.vocab_size, "word_embeddings")
         x_BxTxD = word(input_ids_BxT)
         if cfg.model_type == "xlnet":
-            # Words only: positions and segments enter each layer's attention (xlnet.py);
-            # mask_emb, the pretraining query stream's input, is kept for the round trip.
-            self.param("mask_emb", init, (1, 1, cfg.hidden_size))
-            x_BxTxD = nn.Dropout(cfg.hidden_dropout_prob)(x_BxTxD, deterministic=deterministic)
-            return x_BxTxD.astype(self.dtype), word
+            # Words only: positions and segments enter each layer's attention (xlnet.py).
+            mask_emb = self.param("mask_emb", init, (1, 1, cfg.hidden_size))
+            drop = lambda y: nn.Dropout(cfg.hidden_dropout_prob)(y, deterministic=deterministic)
+            g_BxMxD = None
+            if num_predict is not None:  # the query stream starts from mask_emb at each target
+                g_BxMxD = jnp.broadcast_to(mask_emb, (len(x_BxTxD), num_predict, cfg.hidden_size))
+            streams = (x_BxTxD, g_BxMxD)
+            return tuple(None if x is None else drop(x).astype(self.dtype) for x in streams), word
         if cfg.sinusoidal_pos_embds:
             table = sinusoidal_table(cfg.max_position_embeddings, cfg.embed_dim)
             pos = embed(cfg.max_position_embeddings, "position_embeddings", lambda *_: table)
@@ -204,9 +208,12 @@ class Layer(nn.Module):
     output_qkv: bool = False
 
     @nn.compact
-    def __call__(self, h_BxTxD, mask_BxT, *relative):
-        """relative: XLNet's (positions [2T, D], segments [B, T] or None); nothing otherwise."""
+    def __call__(self, carry, mask_BxT, *relative):
+        """carry: the hidden states; XLNet's (content h, query g or None). relative: XLNet's
+        (positions [P, D], segments [B, T], perm_mask, target_mapping, this layer's mems; each
+        but the positions may be None); nothing otherwise."""
         cfg = self.config
+        h_BxTxD, g_BxMxD = carry if cfg.model_type == "xlnet" else (carry, None)
         drop = lambda y: nn.Dropout(cfg.hidden_dropout_prob)(y, deterministic=self.deterministic)
         if cfg.model_type == "xlnet":  # einsum only, whatever attention_impl says
             attention = xlnet.RelativeSelfAttention(
@@ -217,6 +224,7 @@ class Layer(nn.Module):
                 self.output_qkv,
                 name="attention",
             )
+            relative = (*relative[:3], g_BxMxD, *relative[3:])
         else:
             attention = SelfAttention(
                 cfg,
@@ -227,24 +235,36 @@ class Layer(nn.Module):
                 self.output_qkv,
                 name="attention",
             )
-        attn_out, probs, qkv = attention(h_BxTxD, mask_BxT, *relative)
-        if cfg.model_type != "distilbert":  # DistilBERT has no dropout after out_lin
-            attn_out = drop(attn_out)
-        h_BxTxD = layer_norm(cfg, "attention_norm", self.dtype)(attn_out + h_BxTxD)
-        y = dense(cfg, cfg.intermediate_size, "fc1", self.dtype)(h_BxTxD)
-        y = activation(cfg.hidden_act)(y)
-        if cfg.model_type == "xlnet":  # XLNet also drops out inside its FFN
-            y = drop(y)
-        y = dense(cfg, cfg.hidden_size, "fc2", self.dtype)(y)
-        if cfg.model_type != "albert":  # ALBERT has no dropout after ffn_output
-            y = drop(y)
-        h_BxTxD = layer_norm(cfg, "mlp_norm", self.dtype)(y + h_BxTxD).astype(self.dtype)
+        attn_out, probs, qkv, *query = attention(h_BxTxD, mask_BxT, *relative)
+        # Built once, applied to each stream: XLNet's query stream shares the content stream's
+        # norms and FFN.
+        attention_norm = layer_norm(cfg, "attention_norm", self.dtype)
+        fc1 = dense(cfg, cfg.intermediate_size, "fc1", self.dtype)
+        fc2 = dense(cfg, cfg.hidden_size, "fc2", self.dtype)
+        mlp_norm = layer_norm(cfg, "mlp_norm", self.dtype)
+
+        def block(attn_out, x):
+            if cfg.model_type != "distilbert":  # DistilBERT has no dropout after out_lin
+                attn_out = drop(attn_out)
+            x = attention_norm(attn_out + x)
+            y = activation(cfg.hidden_act)(fc1(x))
+            if cfg.model_type == "xlnet":  # XLNet also drops out inside its FFN
+                y = drop(y)
+            y = fc2(y)
+            if cfg.model_type != "albert":  # ALBERT has no dropout after ffn_output
+                y = drop(y)
+            return mlp_norm(y + x).astype(self.dtype)
+
+        h_BxTxD = block(attn_out, h_BxTxD)
         ys = (
             h_BxTxD if self.output_hidden_states else None,
             probs if self.output_attentions else None,
             qkv,
         )
-        return h_BxTxD, ys
+        if cfg.model_type != "xlnet":
+            return h_BxTxD, ys
+        g_BxMxD = None if g_BxMxD is None else block(query[0], g_BxMxD)
+        return (h_BxTxD, g_BxMxD), ys
 
 
 class Encoder(nn.Module):
@@ -270,13 +290,19 @@ class Encoder(nn.Module):
         output_hidden_states: bool = False,
         output_attentions: bool | str = False,
         output_qkv: bool = False,
+        perm_mask_BxTxT=None,
+        target_mapping_BxMxT=None,
+        mems_LxBxSxD=None,
     ):
+        """perm_mask, target_mapping, mems: XLNetModel's (see xlnet.py); XLNet only."""
         cfg = self.config
         if attention_mask_BxT is None:
             attention_mask_BxT = jnp.ones_like(input_ids_BxT)
-        h_BxTxD, word = Embeddings(cfg, self.dtype, name="embeddings")(
-            input_ids_BxT, token_type_ids_BxT, not train
+        num_predict = None if target_mapping_BxMxT is None else target_mapping_BxMxT.shape[1]
+        carry, word = Embeddings(cfg, self.dtype, name="embeddings")(
+            input_ids_BxT, token_type_ids_BxT, not train, num_predict
         )
+        h_BxTxD = carry[0] if cfg.model_type == "xlnet" else carry
         layer_cls = Layer
         if self.remat is not None:
             layer_cls = nn.remat(Layer, policy=REMAT_POLICIES[self.remat], prevent_cse=False)
@@ -289,30 +315,42 @@ class Encoder(nn.Module):
             self.attention_impl,
             output_qkv,
         )
-        relative = ()
+        relative, mems = (), ()
         if cfg.model_type == "xlnet":
-            pos_PxD = xlnet.relative_positions(cfg, input_ids_BxT.shape[1])
-            pos_PxD = nn.Dropout(cfg.hidden_dropout_prob)(pos_PxD, deterministic=not train)
-            relative = (pos_PxD, token_type_ids_BxT)
+            drop = lambda y: nn.Dropout(cfg.hidden_dropout_prob)(y, deterministic=not train)
+            relative, mems = xlnet.layer_inputs(
+                cfg, input_ids_BxT.shape[1], token_type_ids_BxT, perm_mask_BxTxT,
+                target_mapping_BxMxT, mems_LxBxSxD, drop, self.dtype,
+            )  # fmt: skip
         if self.scan_layers:
-            stack = _scanned(layer_cls, cfg)(*layer_args, name="layer")
-            last_BxTxD, (hidden_LxBxTxD, att_LxBxHxTxT, qkv_Lx3xBxTxD) = stack(
-                h_BxTxD, attention_mask_BxT, *relative
+            # Everything is broadcast to every layer but the mems, one per layer.
+            in_axes = (nn.broadcast,) * (1 + len(relative)) + (0,) * len(mems)
+            stack = _scanned(layer_cls, cfg, in_axes)(*layer_args, name="layer")
+            carry, (hidden_LxBxTxD, att_LxBxHxTxT, qkv_Lx3xBxTxD) = stack(
+                carry, attention_mask_BxT, *relative, *mems
             )
         else:
             layers = [
                 layer_cls(*layer_args, name=f"layer_{i}") for i in range(cfg.num_distinct_layers)
             ]
-            last_BxTxD, ys = h_BxTxD, []
+            ys = []
             for i in range(cfg.num_hidden_layers):
-                last_BxTxD, y = layers[i % len(layers)](last_BxTxD, attention_mask_BxT, *relative)
+                layer_mems = [m[i] for m in mems]
+                carry, y = layers[i % len(layers)](
+                    carry, attention_mask_BxT, *relative, *layer_mems
+                )
                 ys.append(y)
             hidden_LxBxTxD, att_LxBxHxTxT, qkv_Lx3xBxTxD = (
                 None if y[0] is None else jnp.stack(y) for y in zip(*ys)
             )
+        last_BxTxD, query_BxMxD = carry if cfg.model_type == "xlnet" else (carry, None)
         if cfg.model_type == "xlnet":  # XLNetModel drops out its output too
-            last_BxTxD = nn.Dropout(cfg.hidden_dropout_prob)(last_BxTxD, deterministic=not train)
+            drop = lambda y: nn.Dropout(cfg.hidden_dropout_prob)(y, deterministic=not train)
+            last_BxTxD = drop(last_BxTxD)
+            query_BxMxD = None if query_BxMxD is None else drop(query_BxMxD)
         aux = {"last_hidden_state": last_BxTxD, "word_embeddings": word.embedding}
+        if query_BxMxD is not None:  # XLNet's query stream at the target_mapping positions
+            aux["query_hidden_state"] = query_BxMxD
         if output_hidden_states:
             aux["hidden_states"] = jnp.concatenate([h_BxTxD[None], hidden_LxBxTxD], axis=0)
         if output_attentions:
@@ -325,14 +363,14 @@ class Encoder(nn.Module):
         return last_BxTxD, aux
 
 
-def _scanned(layer_cls, cfg: ModelConfig):
+def _scanned(layer_cls, cfg: ModelConfig, in_axes=nn.broadcast):
     """The layers as one nn.scan over num_hidden_layers, params on a leading layer axis."""
     if cfg.num_distinct_layers == cfg.num_hidden_layers:
         return nn.scan(
             layer_cls,
             variable_axes={"params": 0},
             split_rngs={"params": True, "dropout": True},
-            in_axes=nn.broadcast,
+            in_axes=in_axes,
             length=cfg.num_hidden_layers,
         )
     # ALBERT: the shared layer's params are broadcast into every step of the scan; stored with a

@@ -8,10 +8,16 @@
  - "token_cls": [B, T, num_labels].
  - "qa": [B, T, 2] (start, end).
  - "electra_disc": [B, T], ELECTRA's replaced-token detection logit per token.
+ - "albert_pretraining": {"mlm": as "mlm", "sop": [B, num_labels]}, AlbertForPreTraining's two
+   outputs (the sentence-order classifier reads the pooler).
+ - "xlnet_lm": XLNetLMHeadModel's [B, T, V], or [B, M, V] from the query stream with
+   ``target_mapping`` [B, M, T] (and ``perm_mask`` [B, T, T], 1: i does not see j); ``mems``
+   [L, B, S, D] are the previous segments' layer inputs (xlnet.new_mems makes them).
 aux holds 'last_hidden_state', and on request 'hidden_states' [L+1, B, T, D] (index 0: embeddings)
 and 'attentions' [L, B, H, T, T] (probabilities, or pre-softmax scores with
 output_attentions='scores'), 'qkv' [L, 3, B, T, D] with output_qkv; 'pooled' where a pooler
-exists.
+exists; XLNet with target_mapping: 'query_hidden_state' [B, M, D] (its content stream's hidden
+states and attentions are the ones above; with mems, attentions are [L, B, H, T, S + T]).
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ def uses_pooler(cfg: ModelConfig, head: str | None) -> bool:
     only; ELECTRA and XLNet have none."""
     if not cfg.add_pooler or cfg.model_type in ("electra", "xlnet"):
         return False
+    if head == "albert_pretraining":  # the sentence-order head reads it
+        return True
     return head is None or (head == "seq_cls" and cfg.model_type in ("bert", "albert"))
 
 
@@ -89,6 +97,32 @@ class MLMHead(nn.Module):
         return vocab_logits(y, word_embeddings_VxD.astype(self.dtype), bias.astype(self.dtype))
 
 
+class XLNetLMHead(nn.Module):
+    """XLNetLMHeadModel's lm_loss: the tied word embeddings and a bias, no transform."""
+
+    config: ModelConfig
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, y_BxNxD, word_embeddings_VxD):
+        bias = self.param("bias", nn.initializers.zeros, (self.config.vocab_size,))
+        return vocab_logits(
+            y_BxNxD, word_embeddings_VxD.astype(self.dtype), bias.astype(self.dtype)
+        )
+
+
+def gather_masked(h_BxTxD, masked_positions):
+    """The hidden states the MLM head projects: all, [B, P] per row, or [N] flat positions."""
+    if masked_positions is None:
+        return h_BxTxD
+    if masked_positions.ndim == 1:
+        # Flat indices into the B*T tokens: a fixed number N over the whole batch, which wastes
+        # less than a per-row P when rows hold different numbers of masks.
+        return h_BxTxD.reshape(-1, h_BxTxD.shape[-1])[masked_positions]
+    # Only the masked positions need the vocabulary projection: [B,P,D] not [B,T,D].
+    return jnp.take_along_axis(h_BxTxD, masked_positions[..., None], axis=1)
+
+
 class ClassificationHead(nn.Module):
     """BERT, ALBERT: dropout -> out on the pooled vector. RoBERTa: dropout -> dense -> tanh ->
     dropout -> out on <s>; ELECTRA the same with gelu (whatever hidden_act is); XLNet's sequence
@@ -135,6 +169,27 @@ class DiscriminatorHead(nn.Module):
         return dense(cfg, 1, "out", self.dtype)(y)[..., 0]
 
 
+def _check_inputs(cfg: ModelConfig, head: str | None, xlnet_inputs: tuple) -> None:
+    if head not in HEADS:
+        raise ValueError(f"unknown head {head!r}: expected one of {HEADS}")
+    if head not in FAMILY_HEADS[cfg.model_type]:
+        raise ValueError(
+            f"head {head!r} does not exist for {cfg.model_type}: expected one of "
+            f"{FAMILY_HEADS[cfg.model_type]}"
+        )
+    reads_pooler = head == "albert_pretraining" or (
+        head == "seq_cls" and cfg.model_type in ("bert", "albert")
+    )
+    if reads_pooler and not cfg.add_pooler:
+        what = "sequence classifier" if head == "seq_cls" else "sentence-order classifier"
+        raise ValueError(
+            f"a {cfg.model_type} {what} reads the pooler, but add_pooler is False (a BERT "
+            "without token types and pooler is a DistilBERT)"
+        )
+    if cfg.model_type != "xlnet" and any(x is not None for x in xlnet_inputs):
+        raise ValueError(f"perm_mask, target_mapping and mems are XLNet's, not {cfg.model_type}'s")
+
+
 class Model(nn.Module):
     config: ModelConfig
     head: str | None = "mlm"
@@ -155,15 +210,12 @@ class Model(nn.Module):
         output_attentions: bool | str = False,
         output_qkv: bool = False,
         masked_positions=None,
+        perm_mask=None,
+        target_mapping=None,
+        mems=None,
     ):
         cfg, head = self.config, self.head
-        if head not in HEADS:
-            raise ValueError(f"unknown head {head!r}: expected one of {HEADS}")
-        if head not in FAMILY_HEADS[cfg.model_type]:
-            raise ValueError(
-                f"head {head!r} does not exist for {cfg.model_type}: expected one of "
-                f"{FAMILY_HEADS[cfg.model_type]}"
-            )
+        _check_inputs(cfg, head, (perm_mask, target_mapping, mems))
         last, aux = Encoder(
             cfg,
             self.dtype,
@@ -180,28 +232,33 @@ class Model(nn.Module):
             output_hidden_states=output_hidden_states,
             output_attentions=output_attentions,
             output_qkv=output_qkv,
+            perm_mask_BxTxT=perm_mask,
+            target_mapping_BxMxT=target_mapping,
+            mems_LxBxSxD=mems,
         )
         word = aux.pop("word_embeddings")
         deterministic = not train
         if head is None:
             logits = None
         elif head == "mlm":
-            if masked_positions is not None and masked_positions.ndim == 1:
-                # Flat indices into the B*T tokens: a fixed number N over the whole batch, which
-                # wastes less than a per-row P when rows hold different numbers of masks.
-                last = last.reshape(-1, last.shape[-1])[masked_positions]
-            elif masked_positions is not None:
-                # Only the masked positions need the vocabulary projection: [B,P,D] not [B,T,D].
-                last = jnp.take_along_axis(last, masked_positions[..., None], axis=1)
-            logits = MLMHead(cfg, self.dtype, name="mlm")(last, word)
+            logits = MLMHead(cfg, self.dtype, name="mlm")(
+                gather_masked(last, masked_positions), word
+            )
+        elif head == "albert_pretraining":
+            logits = {
+                "mlm": MLMHead(cfg, self.dtype, name="mlm")(
+                    gather_masked(last, masked_positions), word
+                ),
+                "sop": ClassificationHead(cfg, self.dtype, name="sop_classifier")(
+                    last, aux["pooled"], deterministic
+                ),
+            }
+        elif head == "xlnet_lm":  # the query stream predicts the targets, else the content one
+            y = aux.get("query_hidden_state", last)
+            logits = XLNetLMHead(cfg, self.dtype, name="lm_loss")(y, word)
         elif head == "electra_disc":
             logits = DiscriminatorHead(cfg, self.dtype, name="discriminator")(last)
         elif head == "seq_cls":
-            if cfg.model_type in ("bert", "albert") and not cfg.add_pooler:
-                raise ValueError(
-                    f"a {cfg.model_type} sequence classifier reads the pooler, but add_pooler is "
-                    "False (a BERT without token types and pooler is a DistilBERT)"
-                )
             logits = ClassificationHead(cfg, self.dtype, name="classifier")(
                 last, aux.get("pooled"), deterministic
             )
