@@ -12,9 +12,10 @@
    sentence, median of 50 runs), and print / write the table (<workdir>/results.{json,md}).
 Every phase shows a progress bar. --reuse skips phases whose results.json already exists.
 
-Expected (seed 4; measured on a shared 2-core CPU): movie_snippets in 14.9 min, test accuracy
-teacher 0.826, distilled 0.829, baseline 0.823; bbc_news in 30 min under load, teacher 0.964,
-distilled 0.959, baseline 0.946. The exported student matches transformers to ~4e-6.
+Expected (seed 4, 2-core CPU): movie_snippets in 12 min, test accuracy teacher 0.838, distilled
+0.815, baseline 0.817 (2026-12-01; one seed, see the README on what that does and does not show);
+bbc_news (old stacks, 2026-11-22) teacher 0.964, distilled 0.959, baseline 0.946. The exported
+student matches transformers to ~4e-6.
 """
 
 import argparse
