@@ -70,7 +70,6 @@ class Outcome:
     steps_run: int
     steps_per_epoch: int
     train_time_s: float
-    evals: int
 
     def best_params(self, template):
         """The params of the best eval (the last state's when nothing was evaluated)."""
@@ -144,7 +143,7 @@ class Loop:
             for log in (self.train_log, self.eval_log):
                 log.close()
         train_time = time.perf_counter() - self.t0
-        return Outcome(state, self.early, self.best, step, len(batches), train_time, self.evals)
+        return Outcome(state, self.early, self.best, step, len(batches), train_time)
 
     def _eval_due(self, step: int, batches) -> bool:
         if self.evaluate is None:

@@ -12,16 +12,9 @@ from flaxdistil.checkpoint import Checkpointer
 from flaxdistil.models import Model, ModelConfig
 from flaxdistil.objective import Match, Objective
 
-TEACHER = ModelConfig(
-    vocab_size=64,
-    hidden_size=32,
-    num_hidden_layers=4,
-    num_attention_heads=4,
-    intermediate_size=48,
-    max_position_embeddings=32,
-    hidden_dropout_prob=0.0,
-    attention_probs_dropout_prob=0.0,
-)
+from .test_train import CFG
+
+TEACHER = CFG  # vocab 64, hidden 32, 4 layers, 4 heads, no dropout
 STUDENT = TEACHER.replace(hidden_size=16, num_hidden_layers=2, intermediate_size=24)
 MLM = dict(mlm_probability=0.3, mask_token_id=4, vocab_size=64, special_ids=(0, 1, 2, 3, 4))
 BERT12 = ModelConfig(num_hidden_layers=12, hidden_size=768)

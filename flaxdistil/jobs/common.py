@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from flaxdistil import hf, matches, objective, sharding, train
 from flaxdistil import student as students
 from flaxdistil.data import text_pipeline
-from flaxdistil.models import Model
+from flaxdistil.models import Model, ModelConfig
 
 
 @dataclasses.dataclass
@@ -27,7 +27,6 @@ class Engine:
     teacher_params: object
     hparams: dict
     mesh: object
-    obj: objective.Objective
 
 
 def load_tokenizer(cfg):
@@ -79,7 +78,10 @@ def build_student(cfg, teacher, head: str, rng, **head_fields):
         params, config, origin = pre.params, pre.config, f"{s.path} ({pre.report})"
         layers = s.layers
     elif s.init == "random":
-        base = teacher.config if teacher else hf.load_pretrained(s.path, head).config
+        # Only the base config is needed: read config.json, not the weights.
+        base = (
+            teacher.config if teacher else ModelConfig.from_hf(hf.read_config(hf.resolve(s.path)))
+        )
         config = students.student_config(base, s.preset or None, **dict(s.fields))
         config = config.replace(**_config_fields(head_fields))
         params = students.init_student(config, head, rng)
@@ -221,7 +223,7 @@ def build_engine(cfg, head: str, params, s_cfg, teacher, obj, hparams, total_ste
             jax.tree.map(lambda x: jnp.asarray(x, t_dtype), teacher.params), t_sh
         )
     step_fn = train.jit_train_step(obj, student, teacher_model, tx, mesh, state_sh, t_sh, trainable)
-    return Engine(state, step_fn, t_params, hparams, mesh, obj)
+    return Engine(state, step_fn, t_params, hparams, mesh)
 
 
 def total_steps(cfg, n_train: int) -> int:
