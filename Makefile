@@ -4,7 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export XLA_PYTHON_CLIENT_PREALLOCATE ?= false
 
-.PHONY: setup assets demo demo-export test lint clean teacher distill-minilm results-tiny
+.PHONY: setup assets demo demo-export test lint clean teacher distill-minilm results-tiny \
+	results-general
 
 setup: $(VENV)/.installed
 
@@ -64,3 +65,20 @@ results-tiny: assets
 	    --seeds=0,1,2 --config.teacher.path=workdirs/sent_teacher/best_hf || exit 1; done
 	$(PY) scripts/arms_table.py --metrics accuracy,mcc "no teacher=workdirs/tiny_base" \
 	  "KD on logits=workdirs/tiny_kd" "KD + TinyBERT matches=workdirs/tiny_tinybert"
+
+# Issue 9's general-distillation table: the same 3-layer slice of the MLM teacher distilled for the
+# same 120 steps with DistilBERT's triple loss or MiniLM's attention + value-relation transfer, 3
+# seeds each; held-out MLM metrics, then each student fine-tuned on the movie-review snippets with
+# the same seed ({seed}: the general run of that seed). Tables: README, Results.
+GD_ARMS := distilbert minilm
+results-general: teacher
+	for arm in $(GD_ARMS); do \
+	  $(PY) scripts/seeds.py --job=general --config configs/minilm_l3.py --workdir workdirs/gd_$$arm \
+	    --seeds=0,1,2 --config.distill.preset=$$arm || exit 1; \
+	  $(PY) scripts/seeds.py --config configs/sentiment_minilm.py:baseline --seeds=0,1,2 \
+	    --workdir workdirs/gd_$$arm/sentiment --config.student.layers= \
+	    --config.student.path=workdirs/gd_$$arm/seed_{seed}/student_hf || exit 1; done
+	$(PY) scripts/arms_table.py --metrics mlm_loss,mlm_accuracy \
+	  "DistilBERT triple loss=workdirs/gd_distilbert" "MiniLM=workdirs/gd_minilm"
+	$(PY) scripts/arms_table.py --metrics accuracy,mcc \
+	  "DistilBERT triple loss=workdirs/gd_distilbert/sentiment" "MiniLM=workdirs/gd_minilm/sentiment"

@@ -5,6 +5,8 @@ for each seed (a finished seed is read back, an interrupted one resumes) and wri
 ``<workdir>/seeds.json``: the per-seed results and mean / std (ddof=1) of every test metric.
 Arms compared with the same seeds start from the same weights seed by seed (train.seed fixes
 the random init, the data order and dropout), so ``paired_bootstrap`` resamples seeds jointly.
+A string field holding ``{seed}`` is formatted per seed, so a second stage reads the first
+stage's run of the same seed (``student.path=workdirs/gd/seed_{seed}/student_hf``).
 """
 
 from __future__ import annotations
@@ -25,8 +27,7 @@ def run_seeds(job, cfg, workdir, seeds) -> dict:
             print(f"seed {s}: reusing {done}", flush=True)
             runs.append(json.loads(done.read_text()))
             continue
-        c = cfg.copy_and_resolve_references()
-        c.train.seed = int(s)
+        c = with_seed(cfg, int(s))
         print(f"=== seed {s} ===", flush=True)
         runs.append(job(c, out))
     summary = {"seeds": list(map(int, seeds)), "runs": runs, "test": summarize(runs)}
@@ -35,6 +36,20 @@ def run_seeds(job, cfg, workdir, seeds) -> dict:
     for k, (mean, std) in summary["test"].items():
         print(f"test {k}: {mean:.4f} +- {std:.4f} over {len(runs)} seeds", flush=True)
     return summary
+
+
+def with_seed(cfg, seed: int):
+    """A copy of cfg with train.seed = seed and '{seed}' in every string field replaced."""
+    c = cfg.copy_and_resolve_references()
+    c.train.seed = seed
+    with c.unlocked():
+        for group in c.values():
+            if not hasattr(group, "items"):
+                continue
+            for k, v in group.items():
+                if isinstance(v, str) and "{seed}" in v:
+                    group[k] = v.replace("{seed}", str(seed))
+    return c
 
 
 def _test_metrics(run: dict) -> dict:

@@ -55,3 +55,18 @@ def test_arms_table_marks_significant_differences(tmp_path):
     assert lines[2].startswith("| base | 3 | 0.6000 ± 0.1000 |")
     assert lines[3].endswith("| +0.0000 [+0.0000, +0.0000] |")  # no star: not significant
     assert lines[4].endswith("| +0.0500 [+0.0500, +0.0500]* |")
+
+
+def test_seed_placeholder_reads_the_same_seeds_first_stage(tmp_path):
+    cfg = ml_collections.ConfigDict(
+        {"train": {"seed": 0}, "student": {"path": "gd/seed_{seed}/student_hf", "layers": ""}}
+    )
+    paths = []
+
+    def job(c, workdir):
+        paths.append(c.student.path)
+        return _fake_job([])(c, workdir)
+
+    seeds.run_seeds(job, cfg, tmp_path / "ft", [3, 5])
+    assert paths == ["gd/seed_3/student_hf", "gd/seed_5/student_hf"]
+    assert cfg.student.path == "gd/seed_{seed}/student_hf"
