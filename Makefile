@@ -78,7 +78,11 @@ results-general: teacher
 	  $(PY) scripts/seeds.py --config configs/sentiment_minilm.py:baseline --seeds=0,1,2 \
 	    --workdir workdirs/gd_$$arm/sentiment --config.student.layers= \
 	    --config.student.path=workdirs/gd_$$arm/seed_{seed}/student_hf || exit 1; done
+	# reference: the same 3 teacher layers fine-tuned with no general distillation at all
+	$(PY) scripts/seeds.py --config configs/sentiment_minilm.py:baseline --seeds=0,1,2 \
+	  --workdir workdirs/gd_none/sentiment --config.student.path=minilm-mlm
 	$(PY) scripts/arms_table.py --metrics mlm_loss,mlm_accuracy \
 	  "DistilBERT triple loss=workdirs/gd_distilbert" "MiniLM=workdirs/gd_minilm"
 	$(PY) scripts/arms_table.py --metrics accuracy,mcc \
-	  "DistilBERT triple loss=workdirs/gd_distilbert/sentiment" "MiniLM=workdirs/gd_minilm/sentiment"
+	  "DistilBERT triple loss=workdirs/gd_distilbert/sentiment" "MiniLM=workdirs/gd_minilm/sentiment" \
+	  "no general distillation=workdirs/gd_none/sentiment"
