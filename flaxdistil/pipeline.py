@@ -37,7 +37,6 @@ from flaxdistil import evaluate, hf, hf_table
 from flaxdistil.data import qa, tasks, text_pipeline
 from flaxdistil.data.task_data import HEADS, PROBLEM_TYPES
 from flaxdistil.models import ModelConfig, inference_fn
-from flaxdistil.runner import UsageError
 
 TASKS = tuple(HEADS)  # classification, regression, multilabel, token_classification, qa
 # transformers.pipeline's names; text-classification leaves the kind to the config.
@@ -90,7 +89,7 @@ def head_of(hf_config: dict, where) -> str | None:
     else:
         found = [by_class[n] for n in hf_config.get("architectures") or [] if n in by_class]
     if found and found[0] is None:
-        raise UsageError(
+        raise ValueError(
             f"{where} is a bare {hf_config.get('model_type')} encoder without a head: predictions "
             f"need {NEEDED}"
         )
@@ -111,31 +110,31 @@ def task_of(cfg: ModelConfig, head: str | None) -> str | None:
 
 def resolve_task(task: str | None, cfg: ModelConfig, head: str | None, where) -> str:
     if task is not None and task not in TASKS and task not in HF_TASKS:
-        raise UsageError(
+        raise ValueError(
             f"unknown task {task!r}: expected one of {', '.join(TASKS)} "
             f"(or transformers' {', '.join(HF_TASKS)})"
         )
     seq_any = task in HF_TASKS and HF_TASKS[task] is None
     task = HF_TASKS.get(task, task)
     if head is None and (task is None or seq_any):
-        raise UsageError(
+        raise ValueError(
             f"{where}/config.json names no architecture, so the task is unknown: pass --task "
             f"({', '.join(TASKS)})"
         )
     head = HEADS[task] if head is None else head
     found = task_of(cfg, head)
     if found is None:
-        raise UsageError(
+        raise ValueError(
             f"{where} is a {cfg.model_type} with head {head!r}: predictions need {NEEDED}"
         )
     if task is None or seq_any:
         if seq_any and head != "seq_cls":
-            raise UsageError(f"text-classification needs a seq_cls head, {where} has {head!r}")
+            raise ValueError(f"text-classification needs a seq_cls head, {where} has {head!r}")
         return found
     if HEADS[task] != head:
-        raise UsageError(f"task {task!r} needs a {HEADS[task]} head, but {where} has {head!r}")
+        raise ValueError(f"task {task!r} needs a {HEADS[task]} head, but {where} has {head!r}")
     if task == "regression" and cfg.num_labels != 1:
-        raise UsageError(f"task 'regression' needs one output, {where} has {cfg.num_labels}")
+        raise ValueError(f"task 'regression' needs one output, {where} has {cfg.num_labels}")
     return task
 
 
@@ -193,7 +192,7 @@ def max_length_for(cfg: ModelConfig, tokenizer, requested: int | None) -> int:
     limit = cfg.max_position_embeddings - (cfg.pad_token_id + 1 if cfg.arch == "roberta" else 0)
     if requested is not None:
         if not 4 <= requested <= limit:
-            raise UsageError(f"max_length must be in [4, {limit}] for this model, got {requested}")
+            raise ValueError(f"max_length must be in [4, {limit}] for this model, got {requested}")
         return requested
     return min(MAX_LENGTH, limit, getattr(tokenizer, "model_max_length", limit) or limit)
 
@@ -216,12 +215,12 @@ def pipeline(
     context) pairs or lines in QA_INPUT) that returns one dict per input; see the module doc.
     ``task`` None (or 'text-classification') takes it from the model's config."""
     if batch_size < 1:
-        raise UsageError(f"batch_size must be positive, got {batch_size}")
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
     directory, msgpack = locate(model)
     hf_config = hf.read_config(directory) if msgpack is None else _read_json(_flax_config(msgpack))
     cfg = ModelConfig.from_hf(hf_config)
     if cfg.model_type == "xlnet":  # its heads read the last token: batches here pad on the right
-        raise UsageError("predictions for XLNet are not supported (it pads on the left)")
+        raise ValueError("predictions for XLNet are not supported (it pads on the left)")
     head = head_of(hf_config, msgpack or directory)
     task = resolve_task(task, cfg, head, msgpack or directory)
     params, cfg = load_params(directory, msgpack, cfg, HEADS[task], task)

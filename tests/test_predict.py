@@ -110,7 +110,7 @@ def _hf_pipeline(task, models, name, **kw):
 def _predict_script(*args, stdin=None):
     cmd = [sys.executable, str(ROOT / "scripts" / "predict.py"), *map(str, args)]
     r = subprocess.run(
-        cmd, input=stdin, capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=300
+        cmd, input=stdin, capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=1200
     )
     assert r.returncode == 0, r.stderr
     return [json.loads(line) for line in r.stdout.splitlines()]
@@ -128,9 +128,14 @@ def test_classification_matches_transformers(models, tmp_path):
     theirs = _hf_pipeline("text-classification", models, "cls")(TEXTS)
     assert len({t["label"] for t in theirs}) > 1  # the random model is not constant
     _, d = models["cls"]
-    ours = flaxdistil.pipeline(None, d, batch_size=2)(TEXTS)  # several batches and widths
+    predict = flaxdistil.pipeline(None, d, batch_size=2)  # several batches and widths
+    ours = predict(TEXTS)
     assert [o["text"] for o in ours] == TEXTS
     _check_classification(ours, theirs)
+    # One compile per padded width (multiples of 16: 16 and 32 tokens here), none on a rerun.
+    assert predict.forward._cache_size() == 2
+    predict(TEXTS[::-1])
+    assert predict.forward._cache_size() == 2
     # The script on standard input: blank lines skipped, one JSON object per input line.
     lines = _predict_script("--model", d, "--input", "-", stdin="\n".join(TEXTS[:2] + [""]))
     _check_classification(lines, theirs[:2])
