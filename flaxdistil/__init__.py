@@ -2,6 +2,7 @@
 
 from flaxdistil.hf import CheckpointError, Pretrained, load_pretrained, save_pretrained
 from flaxdistil.models import Model, ModelConfig, inference_fn
+from flaxdistil.pipeline import pipeline
 from flaxdistil.student import (
     PRESETS,
     count_params,
@@ -25,6 +26,7 @@ __all__ = [
     "init_student",
     "load_pretrained",
     "param_table",
+    "pipeline",
     "save_pretrained",
     "student_config",
 ]

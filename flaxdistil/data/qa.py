@@ -50,7 +50,9 @@ def read_squad_json(path) -> list[dict]:
     return examples
 
 
-def _tokenize(examples: Sequence[dict], tokenizer, max_length: int, doc_stride: int):
+def tokenize(examples: Sequence[dict], tokenizer, max_length: int, doc_stride: int):
+    """Question-first pairs, the context cut into windows overlapping by doc_stride tokens, with
+    offsets (the features of every split: training, evaluation, prediction)."""
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError("QA preprocessing needs a fast tokenizer (offsets and sequence_ids)")
     # Leading spaces in questions waste tokens and can break truncation of very long questions.
@@ -90,7 +92,7 @@ def prepare_train_features(
     examples: Sequence[dict], tokenizer, max_length: int = 384, doc_stride: int = 128
 ) -> Encoded:
     """Features with labels [F, 2] = (start, end) token positions; (0, 0) = CLS, no answer."""
-    tok = _tokenize(examples, tokenizer, max_length, doc_stride)
+    tok = tokenize(examples, tokenizer, max_length, doc_stride)
     spans = []
     for i, offsets in enumerate(tok["offset_mapping"]):
         answers = examples[tok["overflow_to_sample_mapping"][i]]["answers"]
@@ -114,7 +116,7 @@ class QAEvalFeatures:
 def prepare_eval_features(
     examples: Sequence[dict], tokenizer, max_length: int = 384, doc_stride: int = 128
 ) -> QAEvalFeatures:
-    tok = _tokenize(examples, tokenizer, max_length, doc_stride)
+    tok = tokenize(examples, tokenizer, max_length, doc_stride)
     example_ids, offsets = [], []
     for i, feature_offsets in enumerate(tok["offset_mapping"]):
         example_ids.append(examples[tok["overflow_to_sample_mapping"][i]]["id"])
