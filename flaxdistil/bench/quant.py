@@ -5,6 +5,7 @@ exported model, with the cases interleaved and medians reported (the CPU is shar
 
 from __future__ import annotations
 
+import os
 import statistics
 import tempfile
 from pathlib import Path
@@ -110,25 +111,24 @@ def build(teacher: str, layers: str, seq: int, batch: int, workdir: Path, seed: 
     return cases, sizes, facts
 
 
-def agreement(cases: dict) -> dict:
-    """Max |logit difference| of each case against flaxdistil fp32 on the batch-B inputs."""
-    ref = cases["flaxdistil fp32"]()
-    return {k: float(np.abs(run() - ref).max()) for k, run in cases.items()}
+def agreement(outputs: dict) -> dict:
+    """Max |logit difference| of each case against flaxdistil fp32 on the same inputs."""
+    ref = outputs["flaxdistil fp32"]
+    return {k: float(np.abs(out - ref).max()) for k, out in outputs.items()}
 
 
 def run(teacher, layers, seq, batch, latency_repeats, throughput_repeats, workdir) -> dict:
     import torch
 
-    torch.set_num_threads(len(measure.os.sched_getaffinity(0)))
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
     cases, sizes, facts = build(teacher, layers, seq, batch, Path(workdir))
     results = {"machine": measure.machine_info(), "facts": facts, "size_mb": sizes}
     sections = (("latency_b1", 1, latency_repeats), ("throughput", batch, throughput_repeats))
     for label, B, repeats in sections:
         runs = {name: make(B) for name, make in cases.items()}
-        for r in runs.values():  # compile and warm up
-            r()
+        outputs = {name: r() for name, r in runs.items()}  # compile and warm up
         if label == "throughput":
-            results["max_abs_logit_diff_vs_fp32"] = agreement(runs)
+            results["max_abs_logit_diff_vs_fp32"] = agreement(outputs)
         times = measure.interleaved(runs, repeats, settle=B == 1)
         results[label] = {k: measure.summarise(v) for k, v in times.items()}
         # Paired per round: the ratio of two cases timed back to back, median over rounds.
