@@ -236,8 +236,9 @@ def test_qat_step_is_a_float_step_on_fake_quantised_weights():
         ("qat", params, scheme),
         ("plain", quantize.fake_quantize_params(params, scheme), None),
     ):
+        start = jax.tree.map(np.array, start)  # host copies: the step donates its state
         step = train.jit_train_step(obj, Model(CFG, "seq_cls"), None, tx, mesh, rep, None, qat=qat)
-        state = train.create_state(jax.tree.map(jnp.asarray, start), tx)
+        state = train.create_state(jax.tree.map(jnp.array, start), tx)
         out[name] = (start, *step(state, None, batch, jax.random.key(0), hp, None))
     (p0, s_q, m_q), (f0, s_p, m_p) = out["qat"], out["plain"]
     np.testing.assert_allclose(m_q["loss"], m_p["loss"], rtol=1e-6)
