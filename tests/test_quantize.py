@@ -174,7 +174,7 @@ def test_grouped_asymmetric_forward_dequantises(tiny):
     params, ids, mask = tiny
     qp = quantize.quantize_params(params, bits=3, group_size=16, symmetric=False, embeddings=4)
     fn, p = flaxdistil.inference_fn(CFG, "mlm", quantize.dequantize_params(qp))
-    fq, pq = quantize.inference_fn(qp, CFG, "mlm")  # int8 requested: these weights fall back
+    fq, pq = quantize.inference_fn(qp, CFG, "mlm", matmul="int8")  # these weights fall back
     np.testing.assert_allclose(np.asarray(fq(pq, ids, mask)), fn(p, ids, mask), atol=1e-5)
 
 
