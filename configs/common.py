@@ -102,6 +102,13 @@ def base(job: str) -> ml_collections.ConfigDict:
         # right-padded masks, as the batches here are). Attention matches need einsum.
         attention_impl="einsum",
         trainable="",  # comma-separated param path prefixes to train ("" = all)
+        # Quantisation-aware training: the forward sees every Dense kernel fake-quantised at
+        # qat_bits (2-8; 0 = off; per output channel, or groups of qat_group_size inputs),
+        # straight-through gradients, float params (flaxdistil/quantize.py); qat_embeddings:
+        # the embedding tables' bits (0 = float).
+        qat_bits=0,
+        qat_group_size=0,
+        qat_embeddings=0,
         group_by_length=True,  # sort within chunks of 50 batches: less padding
         pad_multiple=32,  # batch widths are multiples of this (few compiled shapes)
         log_every=10,

@@ -23,6 +23,7 @@ WEIGHT_FILES = (
     "pytorch_model.bin",
     "pytorch_model.bin.index.json",
     "flax_model.msgpack",
+    "model.quant.safetensors",  # quantize.save_compact's: read back dequantised
 )
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -147,6 +148,10 @@ def read_state_dict(ckpt: Path) -> tuple[dict[str, np.ndarray], str]:
 
 
 def _read_one(f: Path) -> dict[str, np.ndarray]:
+    if f.name.endswith(".quant.safetensors"):
+        from flaxdistil import quantize
+
+        return quantize.read_compact_state_dict(f)
     if f.suffix == ".safetensors":
         from safetensors.numpy import load_file
 

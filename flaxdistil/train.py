@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import optax
 
 from flaxdistil import objective as objectives
+from flaxdistil import quantize
 from flaxdistil.models import Model
 from flaxdistil.objective import IGNORE_INDEX, Objective
 
@@ -146,7 +147,10 @@ def train_step(
     teacher: Model | None,
     tx,
     trainable=None,
+    qat=None,
 ):
+    """qat: a quantize.Scheme (train.qat_bits) whose fake quantisation the student's forward
+    sees, with straight-through gradients; the params and their updates stay float."""
     rng = jax.random.fold_in(rng, state.step)
     mask_rng, dropout_rng = jax.random.split(rng)
     ids, mask, types = _inputs(batch)
@@ -166,8 +170,11 @@ def train_step(
         t_out = jax.lax.stop_gradient(jax.tree.map(lambda x: x.astype(jnp.float32), t_out))
 
     def loss_fn(trained):
+        params = _frozen(trained["params"], trainable)
+        if qat is not None:
+            params = quantize.fake_quantize_params(params, qat)
         s_out = student.apply(
-            {"params": _frozen(trained["params"], trainable)},
+            {"params": params},
             ids,
             mask,
             types,
@@ -219,13 +226,15 @@ def jit_train_step(
     teacher_sharding,
     trainable=None,
     compiler_options=None,
+    qat=None,
 ):
     """Compile the step once: batch split over 'data', state donated, teacher not.
-    compiler_options go to jax.jit (XLA debug options, e.g. xla_cpu.EIGEN_DOTS)."""
+    compiler_options go to jax.jit (XLA debug options, e.g. xla_cpu.EIGEN_DOTS); qat: see
+    train_step."""
     from flaxdistil import sharding as shd
 
     fn = functools.partial(
-        train_step, obj=obj, student=student, teacher=teacher, tx=tx, trainable=trainable
+        train_step, obj=obj, student=student, teacher=teacher, tx=tx, trainable=trainable, qat=qat
     )
     rep = shd.replicated(mesh)
     return jax.jit(

@@ -12,7 +12,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from flaxdistil import hf, matches, objective, sharding, train
+from flaxdistil import hf, matches, objective, quantize, sharding, train
 from flaxdistil import student as students
 from flaxdistil.data import text_pipeline
 from flaxdistil.models import Model, ModelConfig
@@ -222,7 +222,10 @@ def build_engine(cfg, head: str, params, s_cfg, teacher, obj, hparams, total_ste
         t_params = jax.device_put(
             jax.tree.map(lambda x: jnp.asarray(x, t_dtype), teacher.params), t_sh
         )
-    step_fn = train.jit_train_step(obj, student, teacher_model, tx, mesh, state_sh, t_sh, trainable)
+    step_fn = train.jit_train_step(
+        obj, student, teacher_model, tx, mesh, state_sh, t_sh, trainable,
+        qat=quantize.qat_scheme(t),
+    )  # fmt: skip
     return Engine(state, step_fn, t_params, hparams, mesh)
 
 
