@@ -4,10 +4,10 @@
 the teacher is an argument (never closed over, never donated, never saved) and runs under
 stop_gradient. Several teachers: ``teacher`` and ``teacher_params`` are tuples, one entry per
 teacher, and each runs once per step; no teacher model while the loss needs one: the teachers'
-outputs come in the batch (flaxdistil.teacher_cache). For general distillation the MLM masking happens inside the step, so it is new at
-every step and reproducible from (rng, step). The loss is ``objective.compose``: hard labels,
-KD on logits, intermediate matches through trainable projections (``state.proj``). Without a
-teacher the step is plain fine-tuning / MLM training.
+outputs come in the batch (flaxdistil.teacher_cache). For general distillation the MLM masking
+happens inside the step, so it is new at every step and reproducible from (rng, step). The loss
+is ``objective.compose``: hard labels, KD on logits, intermediate matches through trainable
+projections (``state.proj``). Without a teacher the step is plain fine-tuning / MLM training.
 """
 
 from __future__ import annotations
