@@ -209,6 +209,9 @@ def _save(path, cfg, seed):
     from flaxdistil import assets
 
     params = init_student(cfg, "seq_cls", jax.random.key(seed))
+    # Noise on every tensor: logits of O(1) (an untrained head's are ~0, and so would be the KD).
+    rng = np.random.RandomState(seed)
+    params = jax.tree.map(lambda x: x + rng.normal(0, 0.05, x.shape).astype(x.dtype), params)
     return hf.save_pretrained(path, params, cfg, "seq_cls", tokenizer_from=assets.minilm_dir())
 
 

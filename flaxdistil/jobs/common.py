@@ -200,6 +200,9 @@ def _teacher_matches(cfg, job, d, s_cfg, teacher_list) -> tuple:
             mine = d if k == 0 else matches.distill_fields(dict(cfg.distill), job, s_cfg, t.config)
             raw = (mine if k == 0 else mine[0])["intermediate_matches"]
         where = "" if len(teacher_list) == 1 else f"teacher {k} ({t.path}): "
+        if where:
+            own = "its own" if t.intermediate_matches is not None else "the distill fields'"
+            print(f"{where}{len(raw)} intermediate matches ({own})", flush=True)
         for m in raw:
             try:
                 parsed = matches.parse_match(len(out), dict(m), s_cfg, t.config)
