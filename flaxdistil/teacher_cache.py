@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 import uuid
 from pathlib import Path
 
@@ -295,10 +296,12 @@ def prepare(cfg, teacher_list, obj, head: str, rows, pad_id: int) -> list[Teache
             shutil.rmtree(path)
         print(f"teacher cache: one pass of teacher {teacher.path} over {len(rows):,} training "
               f"examples into {path}", flush=True)  # fmt: skip
+        t0 = time.perf_counter()
         templates = templates_for(obj, k, forward)
         caches.append(build(path, forward, rows, parts, templates, dtype, pad_id,
                             cfg.eval.batch_size))  # fmt: skip
-        print(f"teacher cache: {_size_mb(path):.1f} MB written", flush=True)
+        took = time.perf_counter() - t0
+        print(f"teacher cache: {_size_mb(path):.2f} MB written in {took:.1f}s", flush=True)
     return caches
 
 
