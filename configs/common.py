@@ -55,7 +55,14 @@ def base(job: str) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     # A HF dir, Hub id or asset name ('minilm', 'minilm-mlm', 'antiberty', 'all-MiniLM-L6-v2');
     # for a task, a fine-tuned model of that task. dtype bfloat16 halves its memory.
-    c.teacher = dict(path="", dtype="float32")
+    # cache: None (off) | True (<flaxdistil cache>/teacher_outputs) | a directory: the teachers'
+    # outputs stored by one pass over the training data and read back (task distillation only);
+    # cache_dtype float32 | bfloat16 (half the disk).
+    c.teacher = dict(path="", dtype="float32", cache=None, cache_dtype="float32")
+    # Several teachers instead of teacher.path (flaxdistil/teachers.py): [{'path': P, 'weight': 1,
+    # 'dtype': 'bfloat16', 'intermediate_matches': [...]}, ...]; the KD target is the weighted
+    # mean of their logits (distill.teacher_average='logits', TextBrewer's rule) or probabilities.
+    c.teachers = []
     c.student = dict(
         init="slice" if general else "pretrained",  # slice (teacher layers) | pretrained | random
         path="" if general else "all-MiniLM-L6-v2",  # for init=pretrained (or random's base)
@@ -81,6 +88,7 @@ def base(job: str) -> ml_collections.ConfigDict:
         # [{'layer_T': 4, 'layer_S': 1, 'feature': 'hidden', 'loss': 'hidden_mse',
         #   'weight': 1, 'proj': ['linear', 312, 768]}, ...]: see flaxdistil/matches.py
         intermediate_matches=None,
+        teacher_average="logits",  # several teachers: weighted mean of 'logits' | 'probs'
         # general distillation only
         mlm_probability=0.15,
         restrict_ce_to_mask=False,  # KD on masked tokens only (else every non-pad token)

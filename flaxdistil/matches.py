@@ -38,8 +38,8 @@ def _resolve_layer(layer, feature: str, num_layers: int, side: str, i: int):
     if isinstance(layer, list | tuple):
         return tuple(_resolve_layer(x, feature, num_layers, side, i) for x in layer)
     lo = 0 if feature == "hidden" else 1
-    n = num_layers + 1 if feature == "hidden" else num_layers
-    j = int(layer) + n if int(layer) < 0 else int(layer)
+    # The last index is num_layers for both: hidden counts 0..L, the 1-based features 1..L.
+    j = int(layer) + num_layers + 1 if int(layer) < 0 else int(layer)
     if not lo <= j <= num_layers:
         raise ValueError(
             f"match {i}: layer_{side}={layer} is out of range for feature {feature!r} of a "

@@ -13,6 +13,13 @@ logged at every step. ``Objective`` is static: which terms exist and what featur
 Feature indices follow TextBrewer's example match sets: 'hidden' 0 is the embedding output and l
 the output of layer l; 'attention', 'query', 'key', 'value' l is layer l (1-based); negative
 indices count from the end (-1 = last). Attention features are pre-softmax scores [B,H,T,T].
+
+Several teachers (TextBrewer's MultiTeacherDistiller): the KD target is the weighted mean of the
+teachers' logits (TextBrewer's rule, which is the plain mean: equal weights), or with
+``teacher_average='probs'`` the weighted mean of their probabilities at temperature T; each
+match reads one teacher (``Match.teacher``). What the loss reads of teacher k is a dict of
+*targets* (``target_specs``: 'logits', 'hidden4', 'attention2', ...), from the live teacher
+(``teacher_targets``) or from the teacher cache in the batch (``batch_targets``).
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ TASKS = ("mlm", "classification", "regression", "multilabel", "token_classificat
 FEATURES = ("hidden", "attention", "query", "key", "value")
 MATCH_KEYS = ("layer_T", "layer_S", "feature", "loss", "weight", "proj")
 LOSS_KWARGS = ("num_relation_heads",)  # extra match keys passed to the loss
+TEACHER_AVERAGES = ("logits", "probs")
 PROJECTIONS = {"linear": lambda y: y, "relu": jax.nn.relu, "tanh": jnp.tanh}  # TextBrewer PROJ_MAP
 # Losses comparing features element-wise: student and teacher widths must agree (or a proj).
 SAME_WIDTH = ("hidden_mse", "cos", "pkd", "fsp", "gram")
@@ -52,10 +60,16 @@ class Match:
     proj: tuple | None = None  # (kind, dim_S, dim_T)
     proj_lr: float | None = None  # its own learning rate (TextBrewer's 4th proj element)
     loss_kwargs: tuple = ()
+    teacher: int = 0  # the teacher it reads (index into the teachers), layer_T counts in it
 
-    def key(self, i: int) -> str:
+    def key(self, i: int, multi: bool = False) -> str:
         lay = lambda x: "-".join(map(str, x)) if isinstance(x, tuple) else str(x)
-        return f"loss_m{i}_{self.loss}_s{lay(self.layer_S)}_t{lay(self.layer_T)}"
+        who = f"_teacher{self.teacher}" if multi else ""
+        return f"loss_m{i}_{self.loss}_s{lay(self.layer_S)}_t{lay(self.layer_T)}{who}"
+
+    @property
+    def layers_T(self) -> tuple[int, ...]:
+        return self.layer_T if isinstance(self.layer_T, tuple) else (self.layer_T,)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +94,10 @@ class Objective:
     # Run both MLM heads on the masked tokens only (a fixed number, masked_capacity) instead of
     # all B*T: needs restrict_ce_to_mask, since the KD then sees only those rows.
     gather_masked: bool = False
+    # One weight per teacher, normalised to sum 1: the KD target is their weighted mean of
+    # logits ('logits', TextBrewer's rule) or of probabilities at temperature T ('probs').
+    teacher_weights: tuple[float, ...] = (1.0,)
+    teacher_average: str = "logits"
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -99,6 +117,38 @@ class Objective:
                 f"regression has one output, so kd_loss_type {self.kd_loss_type!r} (a softmax) "
                 "is constant: set distill.kd_loss_type='mse'"
             )
+        self._check_teachers()
+
+    def _check_teachers(self):
+        w = tuple(float(x) for x in self.teacher_weights)
+        if not w or any(not x > 0 for x in w):
+            raise ValueError(f"teacher weights must be positive numbers, got {list(w)}")
+        object.__setattr__(self, "teacher_weights", tuple(x / sum(w) for x in w))
+        if self.teacher_average not in TEACHER_AVERAGES:
+            raise ValueError(
+                f"distill.teacher_average must be one of {TEACHER_AVERAGES}, "
+                f"got {self.teacher_average!r}"
+            )
+        bad = [m.teacher for m in self.matches if not 0 <= m.teacher < self.n_teachers]
+        if bad:
+            raise ValueError(f"a match reads teacher {bad[0]} of {self.n_teachers} teachers")
+        if self.teacher_average != "probs" or not self.use_kd:
+            return
+        if self.kd_loss_type not in ("ce", "kl_t2", "bce"):
+            raise ValueError(
+                f"distill.teacher_average='probs' averages distributions: it needs kd_loss_type "
+                f"ce, kl_t2 or bce, got {self.kd_loss_type!r} (use teacher_average='logits')"
+            )
+        if self.temperature_scheduler[0] != "constant":
+            raise ValueError(
+                f"distill.teacher_average='probs' needs a constant temperature: "
+                f"{self.temperature_scheduler[0]!r} reads the teacher's logits, and averaged "
+                "probabilities have none (use teacher_average='logits')"
+            )
+
+    @property
+    def n_teachers(self) -> int:
+        return len(self.teacher_weights)
 
     @property
     def needs_teacher(self) -> bool:
@@ -106,13 +156,66 @@ class Objective:
 
     @property
     def outputs(self) -> dict:
-        """The model.apply keywords that produce the features the matches read (both sides)."""
-        feats = {m.feature for m in self.matches}
-        return {
-            "output_hidden_states": "hidden" in feats,
-            "output_attentions": "scores" if "attention" in feats else False,
-            "output_qkv": bool(feats & {"query", "key", "value"}),
-        }
+        """The model.apply keywords that produce the features the matches read (the student's:
+        every match)."""
+        return _outputs({m.feature for m in self.matches})
+
+    def teacher_outputs(self, k: int) -> dict:
+        """The model.apply keywords teacher k runs with: the features of its own matches."""
+        return _outputs({m.feature for m in self.matches if m.teacher == k})
+
+    def match_key(self, i: int) -> str:
+        return self.matches[i].key(i, multi=self.n_teachers > 1)
+
+
+def _outputs(feats: set) -> dict:
+    return {
+        "output_hidden_states": "hidden" in feats,
+        "output_attentions": "scores" if "attention" in feats else False,
+        "output_qkv": bool(feats & {"query", "key", "value"}),
+    }
+
+
+# ---------------------------------------------------------------- teacher targets
+
+
+def target_specs(obj: Objective, k: int) -> tuple[tuple[str, str, int | None], ...]:
+    """(name, feature, layer) of everything the loss reads of teacher k: 'logits' when there is
+    KD, then one feature per teacher layer its matches read ('hidden4', 'attention2', ...)."""
+    out = [("logits", "logits", None)] if obj.use_kd else []
+    for m in obj.matches:
+        if m.teacher == k:
+            out += [(f"{m.feature}{layer}", m.feature, layer) for layer in m.layers_T]
+    return tuple(dict.fromkeys(out))
+
+
+def teacher_targets(obj: Objective, k: int, t_out) -> dict:
+    """{target name: array} of teacher k's (logits, aux) output, as ``target_specs`` lists."""
+    logits, aux = t_out
+    return {
+        name: logits if feat == "logits" else feature(aux, feat, layer)
+        for name, feat, layer in target_specs(obj, k)
+    }
+
+
+def batch_key(k: int, name: str) -> str:
+    """Where a cached target of teacher k travels in the batch (flaxdistil.teacher_cache)."""
+    return f"teacher{k}/{name}"
+
+
+def batch_targets(obj: Objective, batch: dict) -> list[dict]:
+    """Every teacher's targets read from the batch (the teacher cache put them there)."""
+    out = []
+    for k in range(obj.n_teachers):
+        names = [name for name, _, _ in target_specs(obj, k)]
+        missing = [batch_key(k, n) for n in names if batch_key(k, n) not in batch]
+        if missing:
+            raise ValueError(
+                f"the loss needs teacher outputs: no teacher model was given and the batch has "
+                f"no cached {missing[0]!r} (flaxdistil.teacher_cache)"
+            )
+        out.append({n: batch[batch_key(k, n)] for n in names})
+    return out
 
 
 # ---------------------------------------------------------------- MLM masking (general)
@@ -198,17 +301,41 @@ def kd_rows(obj: Objective, s_logits, t_logits, mask_BxT, labels):
 
 
 def kd_loss(obj: Objective, s_logits, t_logits, mask_BxT, labels, base_temperature):
-    """(mean KD over the task's distributions, mean temperature used)."""
+    """(mean KD over the task's distributions, mean temperature used). ``t_logits``: one array,
+    or one per teacher (combined by ``obj.teacher_average`` with ``obj.teacher_weights``)."""
     spec = obj.temperature_scheduler
     sched = schedules.temperature_scheduler(spec[0] if len(spec) == 1 else list(spec))
     fn = losses.KD_LOSS_MAP[obj.kd_loss_type]
+    per_teacher = [
+        kd_rows(obj, s_logits, t, mask_BxT, labels)
+        for t in (t_logits if isinstance(t_logits, list | tuple) else [t_logits])
+    ]
     values, temps = [], []
-    for s, t, rows in kd_rows(obj, s_logits, t_logits, mask_BxT, labels):
-        s, t = jnp.asarray(s, jnp.float32), jax.lax.stop_gradient(jnp.asarray(t, jnp.float32))
-        temperature = sched(s, t, base_temperature, mask=rows)
+    for j, (s, _, rows) in enumerate(per_teacher[0]):
+        s = jnp.asarray(s, jnp.float32)
+        ts = [jax.lax.stop_gradient(jnp.asarray(rs[j][1], jnp.float32)) for rs in per_teacher]
+        if len(ts) > 1 and obj.teacher_average == "probs":
+            temperature = jnp.asarray(base_temperature, jnp.float32)
+            t = mean_probs_as_logits(ts, obj.teacher_weights, temperature, obj.kd_loss_type)
+        else:
+            t = ts[0] if len(ts) == 1 else sum(w * x for w, x in zip(obj.teacher_weights, ts))
+            temperature = sched(s, t, base_temperature, mask=rows)
         values.append(fn(s, t, temperature, mask=rows))
         temps.append(_mean_over(temperature, rows))
     return sum(values) / len(values), sum(temps) / len(temps)
+
+
+def mean_probs_as_logits(ts, weights, temperature, kd_loss_type: str):
+    """Logits z whose distribution at temperature T is the weighted mean of the teachers' own:
+    T * log(sum_k w_k softmax(t_k / T)), so softmax(z / T) is that mean and every softmax KD loss
+    takes it unchanged; for 'bce' (per-label sigmoids) T * logit(sum_k w_k sigmoid(t_k / T))."""
+    log_w = jnp.log(jnp.asarray(weights, jnp.float32)).reshape((-1,) + (1,) * ts[0].ndim)
+    x = jnp.stack(ts) / temperature
+    if kd_loss_type == "bce":
+        log_p = jax.nn.logsumexp(log_w + jax.nn.log_sigmoid(x), axis=0)
+        log_q = jax.nn.logsumexp(log_w + jax.nn.log_sigmoid(-x), axis=0)
+        return temperature * (log_p - log_q)
+    return temperature * jax.nn.logsumexp(log_w + jax.nn.log_softmax(x, axis=-1), axis=0)
 
 
 def _mean_over(x, rows):
@@ -238,12 +365,14 @@ def project(proj_params: dict, kind: str, x):
     return PROJECTIONS[kind](y)
 
 
-def match_losses(obj: Objective, s_aux, t_aux, mask_BxT, proj_params: dict) -> dict:
-    """{term name: unweighted loss} of every intermediate match."""
+def match_losses(obj: Objective, s_aux, targets, mask_BxT, proj_params: dict) -> dict:
+    """{term name: unweighted loss} of every intermediate match; ``targets``: one dict per
+    teacher (``teacher_targets`` / ``batch_targets``)."""
     out = {}
     for i, m in enumerate(obj.matches):
         s = feature(s_aux, m.feature, m.layer_S)
-        t = jax.lax.stop_gradient(feature(t_aux, m.feature, m.layer_T))
+        got = [jax.lax.stop_gradient(targets[m.teacher][f"{m.feature}{j}"]) for j in m.layers_T]
+        t = tuple(got) if isinstance(m.layer_T, tuple) else got[0]
         if m.proj is not None:
             p, kind = proj_params[f"m{i}"], m.proj[0]
             s = (
@@ -252,7 +381,7 @@ def match_losses(obj: Objective, s_aux, t_aux, mask_BxT, proj_params: dict) -> d
                 else project(p, kind, s)
             )
         fn = losses.MATCH_LOSS_MAP[m.loss]
-        out[m.key(i)] = fn(s, t, mask_BxT, **dict(m.loss_kwargs))
+        out[obj.match_key(i)] = fn(s, t, mask_BxT, **dict(m.loss_kwargs))
     return out
 
 
@@ -275,9 +404,10 @@ def init_projections(obj: Objective, rng) -> dict:
 # ---------------------------------------------------------------- the total
 
 
-def compose(obj: Objective, student_out, teacher_out, batch, labels, proj_params, hparams, step):
-    """(total, terms) of one micro-batch. student_out/teacher_out: (logits, aux); labels: the
-    hard labels the heads are scored on (MLM labels at the head's rows for task 'mlm')."""
+def compose(obj: Objective, student_out, targets, batch, labels, proj_params, hparams, step):
+    """(total, terms) of one micro-batch. student_out: (logits, aux); targets: one dict per
+    teacher (``teacher_targets``), None without a teacher; labels: the hard labels the heads are
+    scored on (MLM labels at the head's rows for task 'mlm')."""
     s_logits, s_aux = student_out
     mask = batch["attention_mask"]
     x = jnp.clip(step.astype(jnp.float32) / max(obj.total_steps, 1), 0.0, 1.0)
@@ -289,13 +419,13 @@ def compose(obj: Objective, student_out, teacher_out, batch, labels, proj_params
     total = w_hard * terms["loss_hard"] if obj.use_hard else zero
     temperature = jnp.asarray(hparams["temperature"], jnp.float32)
     if obj.use_kd:
-        t_logits = teacher_out[0]
+        t_logits = [t["logits"] for t in targets]
         terms["loss_kd"], temperature = kd_loss(
             obj, s_logits, t_logits, mask, labels, hparams["temperature"]
         )
         total = total + w_kd * terms["loss_kd"]
     if obj.matches:
-        matched = match_losses(obj, s_aux, teacher_out[1], mask, proj_params)
+        matched = match_losses(obj, s_aux, targets, mask, proj_params)
         for w, v in zip(hparams["match_weights"], matched.values()):
             total = total + w * v
         terms.update(matched)

@@ -2,10 +2,12 @@
 
 ``train_step(state, teacher_params, batch, rng, hparams, token_weights) -> (state, metrics)``:
 the teacher is an argument (never closed over, never donated, never saved) and runs under
-stop_gradient; for general distillation the MLM masking happens inside the step, so it is new at
-every step and reproducible from (rng, step). The loss is ``objective.compose``: hard labels,
-KD on logits, intermediate matches through trainable projections (``state.proj``). Without a
-teacher the step is plain fine-tuning / MLM training.
+stop_gradient. Several teachers: ``teacher`` and ``teacher_params`` are tuples, one entry per
+teacher, and each runs once per step; no teacher model while the loss needs one: the teachers'
+outputs come in the batch (flaxdistil.teacher_cache). For general distillation the MLM masking
+happens inside the step, so it is new at every step and reproducible from (rng, step). The loss
+is ``objective.compose``: hard labels, KD on logits, intermediate matches through trainable
+projections (``state.proj``). Without a teacher the step is plain fine-tuning / MLM training.
 """
 
 from __future__ import annotations
@@ -144,7 +146,7 @@ def train_step(
     *,
     obj: Objective,
     student: Model,
-    teacher: Model | None,
+    teacher: Model | tuple | None,
     tx,
     trainable=None,
     qat=None,
@@ -162,12 +164,9 @@ def train_step(
             positions, labels, n_masked = objectives.masked_rows(labels, obj.mlm_probability)
             extra["masked_dropped"] = n_masked - (labels != IGNORE_INDEX).sum()
     head_kw = {"masked_positions": positions} if obj.task == "mlm" else {}
-    t_out = None
+    targets = None
     if obj.needs_teacher:
-        t_out = teacher.apply(
-            {"params": teacher_params}, ids, mask, types, **head_kw, **obj.outputs
-        )
-        t_out = jax.lax.stop_gradient(jax.tree.map(lambda x: x.astype(jnp.float32), t_out))
+        targets = _teacher_targets(obj, teacher, teacher_params, batch, (ids, mask, types), head_kw)
 
     def loss_fn(trained):
         params = _frozen(trained["params"], trainable)
@@ -184,7 +183,7 @@ def train_step(
             **obj.outputs,
         )
         total, terms = objectives.compose(
-            obj, s_out, t_out, batch, labels, trained["proj"], hparams, state.step
+            obj, s_out, targets, batch, labels, trained["proj"], hparams, state.step
         )
         if obj.task == "mlm":
             terms["mlm_accuracy"] = mlm_accuracy(s_out[0], labels)
@@ -204,6 +203,33 @@ def train_step(
     return TrainState(state.step + 1, new["params"], new["proj"], opt_state), metrics
 
 
+def as_teachers(teacher, teacher_params) -> tuple[tuple, tuple]:
+    """(models, params) as tuples: one Model and its params tree is the one-teacher case."""
+    if teacher is None:
+        return (), ()
+    if isinstance(teacher, Model):
+        return (teacher,), (teacher_params,)
+    return tuple(teacher), tuple(teacher_params)
+
+
+def _teacher_targets(obj, teacher, teacher_params, batch, inputs, head_kw) -> list[dict]:
+    """Each teacher's targets (objective.target_specs), in float32 under stop_gradient: every
+    teacher runs once on the batch, or the cached outputs are read from the batch."""
+    models, params = as_teachers(teacher, teacher_params)
+    if not models:
+        targets = objectives.batch_targets(obj, batch)
+    else:
+        if len(models) != obj.n_teachers:
+            raise ValueError(f"{len(models)} teacher models for {obj.n_teachers} teacher weights")
+        targets = [
+            objectives.teacher_targets(
+                obj, k, m.apply({"params": p}, *inputs, **head_kw, **obj.teacher_outputs(k))
+            )
+            for k, (m, p) in enumerate(zip(models, params))
+        ]
+    return jax.lax.stop_gradient(jax.tree.map(lambda x: x.astype(jnp.float32), targets))
+
+
 def mlm_accuracy(logits, labels):
     """Share of selected tokens whose label is argmax(logits), the first maximum on ties, found
     with a max and a sum: XLA:CPU's argmax over a vocabulary (a variadic reduce) is ~15x slower."""
@@ -219,7 +245,7 @@ def mlm_accuracy(logits, labels):
 def jit_train_step(
     obj: Objective,
     student: Model,
-    teacher: Model | None,
+    teacher: Model | tuple | None,
     tx,
     mesh,
     state_sharding,
@@ -228,7 +254,8 @@ def jit_train_step(
     compiler_options=None,
     qat=None,
 ):
-    """Compile the step once: batch split over 'data', state donated, teacher not.
+    """Compile the step once: batch split over 'data', state donated, teacher not (one Model and
+    its params' sharding, or tuples of them: one per teacher; none when the outputs are cached).
     compiler_options go to jax.jit (XLA debug options, e.g. xla_cpu.EIGEN_DOTS); qat: see
     train_step."""
     from flaxdistil import sharding as shd

@@ -14,14 +14,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # configs/ imports its siblings
 
-from flaxdistil import runner  # noqa: E402
+from flaxdistil import runner, teachers  # noqa: E402
 from flaxdistil.jobs import task  # noqa: E402
 
 
 def distil(cfg, workdir):
-    if not cfg.teacher.path:
+    if not teachers.entries(cfg):
         raise runner.UsageError(
-            "distillation needs --config.teacher.path=<a fine-tuned HF directory>"
+            "distillation needs --config.teacher.path=<a fine-tuned HF directory> "
+            "(or --config.teachers=[{'path': ...}, ...])"
         )
     return task.run(cfg, workdir)
 

@@ -184,7 +184,7 @@ def test_torch_reference_computes_flaxdistils_loss(gather):
     total, terms = objective.compose(
         obj,
         flax_out(s_torch, s_cfg),
-        flax_out(t_torch, cfg),
+        [objective.teacher_targets(obj, 0, flax_out(t_torch, cfg))],
         {"attention_mask": mask.numpy()},
         head_labels,
         {},

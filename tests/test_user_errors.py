@@ -154,6 +154,12 @@ CASES = {
         "--config.distill.preset=tinybert", expect=["'tinybert'", "teacher.path"]
     ),
     "distill_task without teacher.path": finetune(script=TASK, expect=["teacher.path"]),
+    "teacher.path and teachers together": finetune(
+        "--config.teacher.path={T}",
+        "--config.teachers=[{'path': '{T}'}]",
+        script=TASK,
+        expect=["teacher.path (one teacher) or teachers (a list), not both"],
+    ),
     # ---- the other scripts
     "fit_mlm_head flag without a value": Case(
         "fit_mlm_head.py",

@@ -1,6 +1,7 @@
 """What both jobs set up the same way: tokenizer, teacher, student, objective, optimizer, step.
 
-Config fields by role (configs/common.py documents each): ``teacher.*`` (path, dtype),
+Config fields by role (configs/common.py documents each): ``teacher.*`` (path, dtype, cache,
+cache_dtype) or ``teachers`` (a list, flaxdistil/teachers.py),
 ``student.*`` (init slice | pretrained | random, path, layers, distilbert_style, preset, fields),
 ``distill.*`` (TextBrewer's names), ``train.*``, ``eval.*``, ``export.*``, ``mesh.*``.
 """
@@ -12,9 +13,10 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from flaxdistil import hf, matches, objective, quantize, sharding, train
+from flaxdistil import hf, matches, objective, quantize, sharding, teacher_cache, teachers, train
 from flaxdistil import student as students
 from flaxdistil.data import text_pipeline
+from flaxdistil.data.batching import Batches
 from flaxdistil.models import Model, ModelConfig
 
 
@@ -31,27 +33,18 @@ class Engine:
 
 def load_tokenizer(cfg):
     """The tokenizer of the model the student comes from (the teacher's when sliced from it)."""
-    s = cfg.student
-    if s.init == "slice" and not cfg.teacher.path:  # before the tokenizer: the first thing missing
+    s, t_path = cfg.student, teachers.first_path(cfg)
+    if s.init == "slice" and not t_path:  # before the tokenizer: the first thing missing
         raise ValueError("student.init='slice' needs teacher.path (the model to slice)")
-    path = cfg.teacher.path if s.init == "slice" or not s.path else s.path
+    path = t_path if s.init == "slice" or not s.path else s.path
     if not path:
         raise ValueError("set teacher.path or student.path: no model to take the tokenizer from")
     return text_pipeline.load_tokenizer(hf.resolve(path))
 
 
-def load_teacher(cfg, head: str, **head_fields) -> hf.Pretrained | None:
-    """The teacher with a trained ``head`` (a random one would teach noise), or None."""
-    if not cfg.teacher.path:
-        return None
-    teacher = hf.load_pretrained(cfg.teacher.path, head, **head_fields)
-    if teacher.report.new_init:
-        hint = "fit one with scripts/fit_mlm_head.py" if head == "mlm" else "fine-tune it first"
-        raise ValueError(
-            f"teacher {cfg.teacher.path} has no trained {head} head "
-            f"({', '.join(teacher.report.new_init)} would be random): {hint}"
-        )
-    return teacher
+def load_teachers(cfg, head: str, **head_fields) -> list[teachers.Teacher]:
+    """``teacher.path`` or every entry of ``teachers``, each with a trained ``head``; [] if none."""
+    return teachers.load(cfg, head, **head_fields)
 
 
 def _layers(layers):
@@ -62,14 +55,15 @@ def _layers(layers):
 
 
 def build_student(cfg, teacher, head: str, rng, **head_fields):
-    """(params, config, where they came from). init 'slice': teacher layers (head included);
+    """(params, config, where they came from). ``teacher``: the first teacher's hf.Pretrained or
+    None. init 'slice': teacher layers (head included);
     'pretrained': student.path (a missing head initialised), sliced if student.layers is set;
     'random': a TextBrewer shape (student.preset) and/or HF fields on the teacher's config."""
     s = cfg.student
     if s.init == "slice":
         if teacher is None:
             raise ValueError("student.init='slice' needs teacher.path (the model to slice)")
-        params, config, origin = teacher.params, teacher.config, f"teacher {cfg.teacher.path}"
+        params, config, origin = teacher.params, teacher.config, f"teacher {teacher.path}"
         layers = s.layers or "every_other"
     elif s.init == "pretrained":
         if not s.path:
@@ -102,6 +96,11 @@ def build_student(cfg, teacher, head: str, rng, **head_fields):
 
 def _config_fields(head_fields: dict) -> dict:
     return {k: v for k, v in head_fields.items() if v is not None}
+
+
+def check_teacher_vocab(teacher_list, s_cfg, tokenizer) -> None:
+    """Teachers sharing the student's vocabulary only (flaxdistil.teachers.check_vocab)."""
+    teachers.check_vocab(teacher_list, s_cfg, tokenizer)
 
 
 def check_vocab(tokenizer, *configs) -> None:
@@ -155,11 +154,13 @@ def _check_distill(d: dict) -> None:
         raise ValueError(f"distill.intermediate_matches expects dicts, found {bad[0]!r}")
 
 
-def build_objective(cfg, task: str, s_cfg, t_cfg, tokenizer, total_steps: int):
-    d = distill_fields(cfg, "general" if task == "mlm" else "task", s_cfg, t_cfg)
-    has_teacher = t_cfg is not None
-    raw = [dict(m) for m in d["intermediate_matches"]] if has_teacher else []
-    matched = matches.parse_matches(raw, s_cfg, t_cfg) if raw else ()
+def build_objective(cfg, task: str, s_cfg, teacher_list, tokenizer, total_steps: int):
+    """(Objective, hparams) for the student and ``teacher_list`` (teachers.Teacher, maybe [])."""
+    job = "general" if task == "mlm" else "task"
+    t_cfgs = [t.config for t in teacher_list]
+    d = distill_fields(cfg, job, s_cfg, t_cfgs[0] if t_cfgs else None)
+    has_teacher = bool(t_cfgs)
+    matched = _teacher_matches(cfg, job, d, s_cfg, teacher_list)
     sched = d["temperature_scheduler"] or "constant"
     sched = (sched,) if isinstance(sched, str) else tuple(sched)
     mlm = {}
@@ -182,13 +183,40 @@ def build_objective(cfg, task: str, s_cfg, t_cfg, tokenizer, total_steps: int):
         hard_label_weight_scheduler=d["hard_label_weight_scheduler"] or "constant",
         kd_loss_weight_scheduler=d["kd_loss_weight_scheduler"] or "constant",
         total_steps=total_steps,
+        teacher_weights=tuple(t.weight for t in teacher_list) or (1.0,),
+        teacher_average=cfg.distill.teacher_average,
         **mlm,
     )
     return obj, objective.hparams(d, obj)
 
 
-def build_engine(cfg, head: str, params, s_cfg, teacher, obj, hparams, total_steps) -> Engine:
-    """Optimizer, state (with projections), placement over the mesh, the compiled step."""
+def _teacher_matches(cfg, job, d, s_cfg, teacher_list) -> tuple:
+    """Every teacher's matches, numbered in one sequence: a teacher's own intermediate_matches,
+    else the distill fields' (config > preset > default), resolved for that teacher."""
+    out = []
+    for k, t in enumerate(teacher_list):
+        raw = t.intermediate_matches
+        if raw is None:
+            mine = d if k == 0 else matches.distill_fields(dict(cfg.distill), job, s_cfg, t.config)
+            raw = (mine if k == 0 else mine[0])["intermediate_matches"]
+        where = "" if len(teacher_list) == 1 else f"teacher {k} ({t.path}): "
+        if where:
+            own = "its own" if t.intermediate_matches is not None else "the distill fields'"
+            print(f"{where}{len(raw)} intermediate matches ({own})", flush=True)
+        for m in raw:
+            try:
+                parsed = matches.parse_match(len(out), dict(m), s_cfg, t.config)
+            except ValueError as e:
+                raise ValueError(f"{where}{e}") from None
+            out.append(dataclasses.replace(parsed, teacher=k))
+    return tuple(out)
+
+
+def build_engine(
+    cfg, head: str, params, s_cfg, teacher_list, obj, hparams, total_steps, cached=False
+) -> Engine:
+    """Optimizer, state (with projections), placement over the mesh, the compiled step. With
+    ``cached`` the teachers stay out of the step: their outputs come in the batches."""
     t = cfg.train
     mesh = sharding.make_mesh(cfg.mesh.fsdp)
     if t.batch_size % mesh.devices.size:
@@ -213,20 +241,27 @@ def build_engine(cfg, head: str, params, s_cfg, teacher, obj, hparams, total_ste
     state_sh = sharding.tree_shardings(state, mesh)
     state = jax.device_put(state, state_sh)
     student = Model(s_cfg, head, jnp.dtype(t.dtype), t.remat or None, t.attention_impl)
-    teacher_model = t_params = t_sh = None
-    if obj.needs_teacher:
-        t_dtype = jnp.dtype(cfg.teacher.dtype)
-        teacher_model = Model(teacher.config, head, t_dtype, attention_impl=t.attention_impl)
-        # A bf16 teacher stores its weights in bf16 too: half the memory and bandwidth.
-        t_sh = sharding.tree_shardings(teacher.params, mesh)
-        t_params = jax.device_put(
-            jax.tree.map(lambda x: jnp.asarray(x, t_dtype), teacher.params), t_sh
-        )
+    models, t_params, t_sh = [], [], []
+    for teacher in teacher_list if obj.needs_teacher and not cached else []:
+        models.append(teacher.model(head, t.attention_impl))
+        t_sh.append(sharding.tree_shardings(teacher.params, mesh))
+        t_params.append(jax.device_put(teacher.run_params(), t_sh[-1]))
+    models, t_params, t_sh = tuple(models), tuple(t_params), tuple(t_sh)
     step_fn = train.jit_train_step(
-        obj, student, teacher_model, tx, mesh, state_sh, t_sh, trainable,
-        qat=quantize.qat_scheme(t),
-    )  # fmt: skip
+        obj, student, models, tx, mesh, state_sh, t_sh, trainable, qat=quantize.qat_scheme(t)
+    )
     return Engine(state, step_fn, t_params, hparams, mesh)
+
+
+def train_batches(cfg, rows, pad_id: int, teacher_list, obj, head: str):
+    """(the training batches, cached): with teacher.cache the batches carry the teachers'
+    cached outputs (built on the first run) and the step runs no teacher."""
+    t = cfg.train
+    caches = teacher_cache.prepare(cfg, teacher_list, obj, head, rows, pad_id)
+    args = (rows, t.batch_size, t.seed, pad_id, t.pad_multiple)
+    if caches is None:
+        return Batches(*args, group_by_length=t.group_by_length), False
+    return teacher_cache.CachedBatches(*args, caches, group_by_length=t.group_by_length), True
 
 
 def total_steps(cfg, n_train: int) -> int:

@@ -15,10 +15,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flaxdistil import hf
+from flaxdistil import hf, teachers
 from flaxdistil import student as students
 from flaxdistil.data import tasks, text_pipeline, tfds_builders
-from flaxdistil.data.batching import Batches
 from flaxdistil.evaluate import evaluate_mlm
 from flaxdistil.jobs import common
 from flaxdistil.loop import Loop
@@ -82,21 +81,21 @@ def run(cfg, workdir) -> dict:
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     t = cfg.train
-    teacher = common.load_teacher(cfg, "mlm")
+    teacher_list = common.load_teachers(cfg, "mlm")
+    teacher = teacher_list[0].pre if teacher_list else None  # sliced from, evaluated at the end
     tokenizer = common.load_tokenizer(cfg)
     params, s_cfg, origin = common.build_student(cfg, teacher, "mlm", jax.random.key(t.seed))
-    common.check_vocab(tokenizer, s_cfg, *([teacher.config] if teacher else []))
+    common.check_vocab(tokenizer, s_cfg, *[x.config for x in teacher_list])
+    common.check_teacher_vocab(teacher_list, s_cfg, tokenizer)
     print(students.format_param_table(params, 2, f"student: {origin}"), flush=True)
-    tok_dir = hf.resolve(cfg.teacher.path or cfg.student.path)
+    tok_dir = hf.resolve(teachers.first_path(cfg) or cfg.student.path)
     train_rows, held_rows = sequences(cfg, tok_dir)
     total = common.total_steps(cfg, len(train_rows))
-    obj, hparams = common.build_objective(
-        cfg, "mlm", s_cfg, teacher.config if teacher else None, tokenizer, total
-    )
-    engine = common.build_engine(cfg, "mlm", params, s_cfg, teacher, obj, hparams, total)
+    obj, hparams = common.build_objective(cfg, "mlm", s_cfg, teacher_list, tokenizer, total)
     pad = tokenizer.pad_token_id
-    batches = Batches(
-        train_rows, t.batch_size, t.seed, pad, t.pad_multiple, group_by_length=t.group_by_length
+    batches, cached = common.train_batches(cfg, train_rows, pad, teacher_list, obj, "mlm")
+    engine = common.build_engine(
+        cfg, "mlm", params, s_cfg, teacher_list, obj, hparams, total, cached
     )
     eval_model = Model(s_cfg, "mlm")
     evaluate = None

@@ -1,7 +1,8 @@
 """Task fine-tuning and task distillation: ``run(cfg, workdir)``; a teacher makes it distillation.
 
 The hard label is the task's (classification, regression, multi-label, token classification,
-QA); with ``teacher.path`` the engine adds KD on the outputs and the intermediate matches.
+QA); with ``teacher.path`` (or ``teachers``, several) the engine adds KD on the outputs and the
+intermediate matches; ``teacher.cache`` reads the teachers' outputs from an on-disk cache.
 Evaluation on the validation split every ``eval.every`` steps and at each epoch end, early
 stopping on ``eval.metric``, the best params kept and scored on the test split, exported to
 ``<workdir>/best_hf`` and checked in transformers. Behind scripts/finetune.py,
@@ -19,8 +20,8 @@ import numpy as np
 
 from flaxdistil import evaluate, hf
 from flaxdistil import student as students
+from flaxdistil import teachers as teachers_
 from flaxdistil.data import task_data
-from flaxdistil.data.batching import Batches
 from flaxdistil.data.tasks import collate
 from flaxdistil.jobs import common
 from flaxdistil.loop import Loop
@@ -34,7 +35,7 @@ def _with_labels(pre, id2label):
 
 
 def setup(cfg):
-    """(tokenizer, data, head, student params, student config, origin, teacher or None)."""
+    """(tokenizer, data, head, student params, student config, teachers (a list, maybe []))."""
     rng = jax.random.key(cfg.train.seed)
     tokenizer = common.load_tokenizer(cfg)
     data = task_data.load_task_data(cfg.data, tokenizer, cfg.data.cache_dir or None)
@@ -44,18 +45,22 @@ def setup(cfg):
     head = task_data.HEADS[data.spec.task_type]
     fields = task_data.head_fields(data)
     id2label = fields.pop("id2label", None)  # load_pretrained resets it when num_labels is given
-    teacher = _with_labels(common.load_teacher(cfg, head, **fields), id2label)
-    params, config, origin = common.build_student(cfg, teacher, head, rng, **fields)
+    teachers = common.load_teachers(cfg, head, **fields)
+    for t in teachers:
+        _with_labels(t.pre, id2label)
+    first = teachers[0].pre if teachers else None
+    params, config, origin = common.build_student(cfg, first, head, rng, **fields)
     if id2label is not None:
         config = config.replace(id2label=id2label)
-    common.check_vocab(tokenizer, config, *([teacher.config] if teacher else []))
+    common.check_vocab(tokenizer, config, *[t.config for t in teachers])
+    common.check_teacher_vocab(teachers, config, tokenizer)
     sizes = ", ".join(f"{len(e):,} {s}" for s, e in data.splits.items())
     print(f"data: {cfg.data.train_file or cfg.data.dataset} ({data.spec.task_type}): {sizes}")
     print(f"student: {origin}; {students.count_params(params):,} params", flush=True)
-    if teacher is not None:
-        n = students.count_params(teacher.params)
-        print(f"teacher: {cfg.teacher.path}; {n:,} params", flush=True)
-    return tokenizer, data, head, params, config, teacher
+    for t in teachers:
+        n = students.count_params(t.params)
+        print(f"teacher: {t.path}; {n:,} params (weight {t.weight:g}, {t.dtype})", flush=True)
+    return tokenizer, data, head, params, config, teachers
 
 
 def run(cfg, workdir) -> dict:
@@ -63,17 +68,14 @@ def run(cfg, workdir) -> dict:
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     t, e = cfg.train, cfg.eval
-    tokenizer, data, head, params, s_cfg, teacher = setup(cfg)
+    tokenizer, data, head, params, s_cfg, teachers = setup(cfg)
     task = data.spec.task_type
     train_rows = data.splits["train"]
     total = common.total_steps(cfg, len(train_rows))
-    t_cfg = teacher.config if teacher else None
-    obj, hparams = common.build_objective(cfg, task, s_cfg, t_cfg, tokenizer, total)
-    engine = common.build_engine(cfg, head, params, s_cfg, teacher, obj, hparams, total)
+    obj, hparams = common.build_objective(cfg, task, s_cfg, teachers, tokenizer, total)
     pad = tokenizer.pad_token_id
-    batches = Batches(
-        train_rows, t.batch_size, t.seed, pad, t.pad_multiple, group_by_length=t.group_by_length
-    )
+    batches, cached = common.train_batches(cfg, train_rows, pad, teachers, obj, head)
+    engine = common.build_engine(cfg, head, params, s_cfg, teachers, obj, hparams, total, cached)
     forward = evaluate.make_forward(Model(s_cfg, head))
     score = lambda p, split="validation": evaluate.evaluate_task(
         forward, p, data, split, batch_size=e.batch_size, pad_id=pad
@@ -87,9 +89,10 @@ def run(cfg, workdir) -> dict:
     results = {
         "task": task,
         "dataset": cfg.data.train_file or cfg.data.dataset,
-        "student": cfg.student.path or cfg.teacher.path,
+        "student": cfg.student.path or teachers_.first_path(cfg),
         "layers": s_cfg.num_hidden_layers,
-        "teacher": cfg.teacher.path or None,
+        "teacher": _teacher_paths(teachers),
+        "teacher_cache": cached,
         "params": n,
         "size_mb": n * 4 / 2**20,
         "metric": e.metric,
@@ -108,6 +111,12 @@ def run(cfg, workdir) -> dict:
     results["wall_time_s"] = time.perf_counter() - t_begin
     (workdir / "results.json").write_text(json.dumps(results, indent=2))
     return results
+
+
+def _teacher_paths(teachers):
+    """None, the teacher's path, or the list of paths of several teachers."""
+    paths = [t.path for t in teachers]
+    return paths[0] if len(paths) == 1 else paths or None
 
 
 def _export(cfg, workdir: Path, params, s_cfg, head, tokenizer, data, pad_id: int) -> dict:
