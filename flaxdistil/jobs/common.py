@@ -12,7 +12,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from flaxdistil import hf, matches, objective, sharding, train
+from flaxdistil import hf, matches, objective, prune, sharding, train
 from flaxdistil import student as students
 from flaxdistil.data import text_pipeline
 from flaxdistil.models import Model, ModelConfig
@@ -207,6 +207,9 @@ def build_engine(cfg, head: str, params, s_cfg, teacher, obj, hparams, total_ste
         accumulate=t.accumulate,
         trainable=trainable,
         proj_lrs=proj_lrs,
+        prune_sparsity=prune.check_sparsity(cfg.prune.sparsity, "prune.sparsity"),
+        prune_rounds=cfg.prune.rounds,
+        prune_scope=cfg.prune.scope,
     )
     proj = objective.init_projections(obj, jax.random.key(t.seed + 1))
     state = train.create_state(params, tx, proj)

@@ -1,0 +1,130 @@
+"""Magnitude pruning (hand-computed masks, the iterative schedule, masks held by the optimizer)
+and structured pruning (importance vs TextPruner / torch, physically smaller == zeroed, export to
+transformers). Tiny random BERTs (hidden 32)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from flaxdistil import prune, train
+
+
+def toy_params():
+    """Encoder kernels (one stacked over 2 layers), a bias, a LayerNorm, embeddings, a head."""
+    return {
+        "encoder": {
+            "layer": {
+                "fc1": {
+                    "kernel": np.array([[[1.0, -8.0], [3.0, 0.5]], [[-2.0, 7.0], [6.0, -4.0]]]),
+                    "bias": np.array([[0.01, 0.02], [0.03, 0.04]]),
+                },
+                "mlp_norm": {"scale": np.array([[0.001, 1.0], [1.0, 1.0]])},
+            },
+            "pooler": {"kernel": np.array([[5.0, -0.25], [2.5, 9.0]])},
+            "embeddings": {"word_embeddings": {"embedding": np.array([[0.0001, 1.0]])}},
+        },
+        "classifier": {"out": {"kernel": np.array([[0.002, 3.0]])}},
+    }
+
+
+def test_eligible_excludes_embeddings_norms_biases_and_heads():
+    inc = prune.eligible(toy_params())
+    assert inc["encoder"]["layer"]["fc1"] == {"kernel": True, "bias": False}
+    assert inc["encoder"]["layer"]["mlp_norm"]["scale"] is False
+    assert inc["encoder"]["pooler"]["kernel"] is True
+    assert inc["encoder"]["embeddings"]["word_embeddings"]["embedding"] is False
+    assert inc["classifier"]["out"]["kernel"] is False
+    inc = prune.eligible(toy_params(), embeddings=True, heads=True)
+    assert inc["encoder"]["embeddings"]["word_embeddings"]["embedding"] is True
+    assert inc["classifier"]["out"]["kernel"] is True
+
+
+def test_global_mask_by_hand():
+    # The 12 eligible magnitudes: fc1 1 8 3 .5 | 2 7 6 4, pooler 5 .25 2.5 9. Half (6) go:
+    # .25 .5 1 2 2.5 3; everything else (norm 0.001, embedding 1e-4, head .002) is untouched.
+    m = prune.magnitude_masks(toy_params(), 0.5, scope="global")
+    np.testing.assert_array_equal(
+        m["encoder"]["layer"]["fc1"]["kernel"], [[[0, 1], [0, 0]], [[0, 1], [1, 1]]]
+    )
+    np.testing.assert_array_equal(m["encoder"]["pooler"]["kernel"], [[1, 0], [0, 1]])
+    for leaf in (m["encoder"]["layer"]["fc1"]["bias"], m["classifier"]["out"]["kernel"]):
+        assert np.shape(leaf) == () and bool(leaf)
+
+
+def test_layer_mask_by_hand():
+    # Per layer, half of each: layer 0 (1 8 3 .5) drops .5 1; layer 1 (2 7 6 4) drops 2 4;
+    # the pooler (5 .25 2.5 9) drops .25 2.5.
+    m = prune.magnitude_masks(toy_params(), 0.5, scope="layer")
+    np.testing.assert_array_equal(
+        m["encoder"]["layer"]["fc1"]["kernel"], [[[0, 1], [1, 0]], [[0, 1], [1, 0]]]
+    )
+    np.testing.assert_array_equal(m["encoder"]["pooler"]["kernel"], [[1, 0], [0, 1]])
+
+
+def test_embeddings_included_on_request():
+    p = toy_params()
+    inc = prune.eligible(p, embeddings=True)
+    m = prune.magnitude_masks(p, 1 / 14, scope="global", include=inc)  # 14 weights: 1 goes
+    assert not m["encoder"]["embeddings"]["word_embeddings"]["embedding"][0, 0]
+    assert prune.sparsity_of(prune.apply_masks(p, m), inc) == pytest.approx(1 / 14)
+
+
+def test_round_schedule_by_hand():
+    # 3 rounds to 0.875 = 1 - 0.5^3: each round halves what is left.
+    assert prune.round_sparsities(0.875, 3) == pytest.approx([0.5, 0.75, 0.875])
+    # Seed 004's 15% per round: four rounds reach 1 - 0.85^4.
+    s = 1 - 0.85**4
+    assert prune.round_sparsities(s, 4) == pytest.approx([0.15, 1 - 0.85**2, 1 - 0.85**3, s])
+    assert prune.round_steps(100, 4) == [0, 25, 50, 75]
+    with pytest.raises(ValueError, match="in \\[0, 1\\)"):
+        prune.round_sparsities(1.0, 2)
+    with pytest.raises(ValueError, match="do not fit"):
+        prune.round_steps(3, 4)
+
+
+def test_pruned_weights_stay_zero_through_adamw_and_rounds_narrow():
+    """Iterative pruning inside the optimizer: after steps 0 / 2 / 4 the sparsity is 50 / 75 /
+    87.5 % of the kernels, earlier zeros stay zero, while gradients push every weight."""
+    rng = np.random.RandomState(0)
+    params = {
+        "encoder": {"layer": {"fc1": {"kernel": rng.randn(2, 8, 8), "bias": rng.randn(2, 8)}}}
+    }
+    params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
+    tx = prune.pruning(
+        optax.adamw(0.1, weight_decay=0.1), sparsity=0.875, rounds=3, total_steps=6, scope="layer"
+    )
+    state = tx.init(params)
+    grads = jax.tree.map(jnp.ones_like, params)  # pushes pruned weights away from zero
+    update = jax.jit(tx.update)
+    seen, zeros_before = [], None
+    for _ in range(6):
+        upd, state = update(grads, state, params)
+        params = optax.apply_updates(params, upd)
+        k = np.asarray(params["encoder"]["layer"]["fc1"]["kernel"])
+        seen.append(float((k == 0).mean()))
+        if zeros_before is not None:
+            assert np.all(k[zeros_before] == 0)
+        zeros_before = k == 0
+        # each layer on its own
+        np.testing.assert_allclose((k == 0).reshape(2, -1).mean(1), seen[-1])
+    np.testing.assert_allclose(seen, [0.5, 0.5, 0.75, 0.75, 0.875, 0.875])
+    assert np.all(np.asarray(params["encoder"]["layer"]["fc1"]["bias"]) != 0)
+    assert prune.masks_of(state) is not None
+
+
+def test_make_optimizer_prunes_student_not_projections():
+    params = {"encoder": {"layer": {"fc1": {"kernel": jnp.arange(1.0, 17.0).reshape(1, 4, 4)}}}}
+    proj = {"m0": {"kernel": jnp.full((4, 4), 1e-3)}}
+    tx = train.make_optimizer(
+        learning_rate=1e-3, total_steps=4, prune_sparsity=0.25, prune_rounds=1, max_grad_norm=None
+    )
+    tree = {"params": params, "proj": proj}
+    state = tx.init(tree)
+    grads = jax.tree.map(jnp.zeros_like, tree)
+    upd, state = tx.update(grads, state, tree)
+    new = optax.apply_updates(tree, upd)
+    k = np.asarray(new["params"]["encoder"]["layer"]["fc1"]["kernel"]).reshape(-1)
+    np.testing.assert_array_equal(k[:4], 0)  # the 4 smallest of 16
+    assert np.all(k[4:] != 0) and np.all(np.asarray(new["proj"]["m0"]["kernel"]) != 0)
