@@ -128,3 +128,146 @@ def test_make_optimizer_prunes_student_not_projections():
     k = np.asarray(new["params"]["encoder"]["layer"]["fc1"]["kernel"]).reshape(-1)
     np.testing.assert_array_equal(k[:4], 0)  # the 4 smallest of 16
     assert np.all(k[4:] != 0) and np.all(np.asarray(new["proj"]["m0"]["kernel"]) != 0)
+
+
+# ---------------------------------------------------------------- structured pruning
+
+L, H, K, INTER = 3, 4, 8, 48
+
+
+@pytest.fixture(scope="module")
+def tiny_cls(tmp_path_factory):
+    """A tiny random BertForSequenceClassification saved by transformers, loaded in flaxdistil,
+    and some labelled batches."""
+    torch = pytest.importorskip("torch")
+    import transformers
+
+    tcfg = transformers.BertConfig(
+        vocab_size=50, hidden_size=H * K, num_hidden_layers=L, num_attention_heads=H,
+        intermediate_size=INTER, max_position_embeddings=32, hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0, num_labels=3,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = transformers.BertForSequenceClassification(tcfg).eval()
+    d = tmp_path_factory.mktemp("tiny_cls")
+    model.save_pretrained(d)
+    from flaxdistil import load_pretrained
+
+    pre = load_pretrained(d, "seq_cls")
+    rng = np.random.RandomState(0)
+    batches = []
+    for _ in range(3):
+        ids = rng.randint(1, 50, (4, 10)).astype(np.int64)
+        mask = np.ones_like(ids)
+        mask[1, 6:] = 0
+        mask[3, 3:] = 0
+        ids[mask == 0] = 0
+        batches.append({"input_ids": ids, "attention_mask": mask, "labels": rng.randint(0, 3, 4)})
+    return model, d, pre, batches
+
+
+def _torch_batches(batches):
+    import torch
+
+    return [{k: torch.tensor(v) for k, v in b.items()} for b in batches]
+
+
+def test_importance_matches_textpruner(tiny_cls, tmp_path):
+    textpruner = pytest.importorskip("textpruner")  # `make setup` installs it (--no-deps)
+    from flaxdistil import prune_structured as ps
+
+    model, _, pre, batches = tiny_cls
+    pruner = textpruner.TransformerPruner(
+        model, general_config=textpruner.GeneralConfig(use_device="cpu", output_dir=str(tmp_path))
+    )
+    ref_h, ref_f = pruner.get_importance_score(_torch_batches(batches))
+    heads, ffn = ps.importance(pre.config, "seq_cls", pre.params, batches)
+    np.testing.assert_allclose(heads, ref_h.numpy(), rtol=1e-4, atol=1e-9)
+    np.testing.assert_allclose(ffn, ref_f.numpy(), rtol=1e-4, atol=1e-9)
+    # The kept units: TextPruner's even masking keeps the same ones.
+    from textpruner.pruners.utils import generate_mask
+
+    mask = generate_mask(ref_h, 2 * L, even_masking=True).numpy()
+    np.testing.assert_array_equal(np.nonzero(mask)[1].reshape(L, 2), ps.choose(heads, 2))
+    model.zero_grad()
+
+
+def test_label_free_importance_vs_torch(tiny_cls):
+    """Cross entropy to the model's own predictions, as TextPruner's use_logits, in torch."""
+    import torch
+
+    from flaxdistil import prune_structured as ps
+
+    model, _, pre, batches = tiny_cls
+    ref_h, ref_f, n = np.zeros((L, H)), np.zeros((L, INTER)), 0
+    for b in _torch_batches(batches):
+        model.zero_grad()
+        logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+        p = torch.softmax(logits.detach(), -1)
+        (-(p * torch.log_softmax(logits, -1)).sum(-1).mean()).backward()
+        for i, layer in enumerate(model.bert.encoder.layer):
+            w = layer.attention.output.dense.weight
+            ref_h[i] += (w * w.grad).view(H * K, H, K).sum((0, 2)).abs().detach().numpy()
+            w1, b1 = layer.intermediate.dense.weight, layer.intermediate.dense.bias
+            w2 = layer.output.dense.weight
+            ref_f[i] += ((w1 * w1.grad).sum(1) + b1 * b1.grad).abs().detach().numpy()
+            ref_f[i] += (w2 * w2.grad).sum(0).abs().detach().numpy()
+        n += len(b["input_ids"])
+    model.zero_grad()
+    no_labels = [{k: v for k, v in b.items() if k != "labels"} for b in batches]
+    heads, ffn = ps.importance(pre.config, "seq_cls", pre.params, no_labels, use_logits=True)
+    np.testing.assert_allclose(heads, ref_h / n, rtol=1e-4, atol=1e-10)
+    np.testing.assert_allclose(ffn, ref_f / n, rtol=1e-4, atol=1e-10)
+
+
+def test_physically_pruned_equals_zeroed_torch_model_and_exports(tiny_cls, tmp_path):
+    """Removing heads / neurons in flaxdistil == zeroing them in the transformers model; the
+    export loads in transformers (pruned heads as zeros, FFN through intermediate_size)."""
+    import copy
+
+    import torch
+    import transformers
+
+    from flaxdistil import Model, save_pretrained
+    from flaxdistil import prune_structured as ps
+
+    model, _, pre, batches = tiny_cls
+    heads, ffn = ps.importance(pre.config, "seq_cls", pre.params, batches)
+    keep_h, keep_f = ps.choose(heads, 2), ps.choose(ffn, 20, "FFN neurons")
+    params, cfg = ps.prune_heads_ffn(pre.params, pre.config, keep_h, keep_f)
+    assert (cfg.num_attention_heads, cfg.head_dim, cfg.intermediate_size) == (2, K, 20)
+    q = params["encoder"]["layer"]["attention"]["query"]["kernel"]
+    assert q.shape == (L, H * K, 2 * K)
+
+    zeroed = copy.deepcopy(model)
+    with torch.no_grad():
+        for i, layer in enumerate(zeroed.bert.encoder.layer):
+            for h in set(range(H)) - set(keep_h[i].tolist()):
+                layer.attention.output.dense.weight[:, h * K : (h + 1) * K] = 0
+            drop = sorted(set(range(INTER)) - set(keep_f[i].tolist()))
+            layer.output.dense.weight[:, drop] = 0
+    b = batches[0]
+    tb = _torch_batches([b])[0]
+    with torch.no_grad():
+        ref = zeroed(input_ids=tb["input_ids"], attention_mask=tb["attention_mask"]).logits
+    ours, _ = Model(cfg, "seq_cls").apply({"params": params}, b["input_ids"], b["attention_mask"])
+    np.testing.assert_allclose(np.asarray(ours), ref.numpy(), atol=1e-5)
+
+    out = save_pretrained(tmp_path / "hf", params, cfg, "seq_cls")
+    hf = transformers.BertForSequenceClassification.from_pretrained(out).eval()
+    assert hf.config.intermediate_size == 20 and hf.config.num_attention_heads == H
+    with torch.no_grad():
+        theirs = hf(input_ids=tb["input_ids"], attention_mask=tb["attention_mask"]).logits
+    np.testing.assert_allclose(np.asarray(ours), theirs.numpy(), atol=1e-5)
+
+
+def test_structured_bad_requests():
+    from flaxdistil import prune_structured as ps
+
+    imp = np.ones((3, 4))
+    with pytest.raises(ValueError, match="cannot keep 5 heads per layer: the model has 4"):
+        ps.choose(imp, 5)
+    with pytest.raises(ValueError, match="integer >= 1"):
+        ps.choose(imp, 0)
+    with pytest.raises(ValueError, match="uneven sizes per layer"):
+        ps.check_even([2, 3, 2])
