@@ -5,8 +5,10 @@ Taylor importance, then physically removed (matrices shrink, the model runs fast
 TextPruner's ``get_importance_score``: over the batches, |sum(w * dL/dw)| of each head's columns of
 the attention output projection, and for each FFN neuron |sum(w * dL/dw) + b * dL/db| of its fc1
 column plus |sum(w * dL/dw)| of its fc2 row, divided by the number of examples. ``use_logits=True``
-is its label-free variant (``get_importance_score_with_logits``): the loss is the cross entropy
-against the model's own predictions (the KL to them, up to a constant).
+is a label-free variant: the labels are the model's own argmax predictions. (TextPruner's
+``use_logits`` takes the cross entropy to the model's own soft predictions, whose gradient
+softmax(z) - p is zero when p = softmax(z): its scores come only from the rounding of its fp16
+copy of the model. Hard pseudo-labels keep a first-order signal.)
 
 ``keep = choose(imp, k)`` keeps the k most important per layer. flaxdistil stacks its layers on one
 axis (nn.scan), so every layer keeps the same number (TextPruner's even masking, its default);
@@ -45,18 +47,17 @@ def _check_family(cfg: ModelConfig) -> None:
         raise ValueError("structured pruning covers the BERT-style families, not XLNet")
 
 
-def _self_distill_loss(logits, mask_BxT, head: str):
-    """Cross entropy against the model's own (stopped) predictions, averaged over examples
-    (tokens: over real ones; QA: the start and the end distributions over positions)."""
+def pseudo_labels(logits, mask_BxT, head: str):
+    """The model's own predictions as labels: argmax per example (per real token; QA: per start
+    and end over the real positions)."""
     x = jnp.asarray(logits, jnp.float32)
     if head == "qa":
-        x = jnp.moveaxis(x, -1, 1)  # [B, 2, T]: a distribution over positions
-    p = jax.nn.softmax(jax.lax.stop_gradient(x), -1)
-    ce = -(p * jax.nn.log_softmax(x, -1)).sum(-1)
+        keep = mask_BxT.astype(bool)[..., None]
+        return jnp.argmax(jnp.where(keep, x, -jnp.inf), axis=1)  # [B, 2]
+    top = jnp.argmax(x, -1)
     if head in ("token_cls", "mlm"):
-        m = mask_BxT.astype(jnp.float32)
-        return (ce * m).sum() / jnp.maximum(m.sum(), 1)
-    return ce.mean()
+        return jnp.where(mask_BxT.astype(bool), top, objective.IGNORE_INDEX)
+    return top
 
 
 def _scores(params, grads, cfg: ModelConfig):
@@ -81,15 +82,16 @@ def importance(cfg: ModelConfig, head: str, params, batches, *, task=None, use_l
     input_ids, attention_mask, optional token_type_ids, and labels unless use_logits) and divided
     by the number of examples. Dropout off, as TextPruner's model.eval()."""
     _check_family(cfg)
-    task = task or (None if use_logits else task_of(cfg, head))
+    task = task or task_of(cfg, head)
+    if use_logits and task == "regression":
+        raise ValueError("label-free importance needs class logits: regression needs labels")
     model = Model(cfg, head)
 
     def loss_fn(p, batch):
         ids, mask = batch["input_ids"], batch["attention_mask"]
         logits, _ = model.apply({"params": p}, ids, mask, batch.get("token_type_ids"))
-        if use_logits:
-            return _self_distill_loss(logits, mask, head)
-        return objective.hard_loss(logits, batch["labels"], task)
+        labels = pseudo_labels(logits, mask, head) if use_logits else batch["labels"]
+        return objective.hard_loss(logits, jax.lax.stop_gradient(labels), task)
 
     @jax.jit
     def one(p, batch):
