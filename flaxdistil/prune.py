@@ -182,10 +182,10 @@ def masks_of(opt_state):
 
 
 def sparsity_rows(params, depth: int = 4) -> list[tuple[str, int, int]]:
-    """(module path to `depth`, params, zeros) per module, then the total."""
+    """(module path to `depth`, params, zeros) per module (its leaves summed), then the total."""
     rows: dict[str, list[int]] = {}
     for path, x in jax.tree_util.tree_flatten_with_path(params)[0]:
-        key = "/".join(_path_str(path).split("/")[:depth])
+        key = "/".join(_path_str(path).split("/")[:-1][:depth])
         row = rows.setdefault(key, [0, 0])
         x = np.asarray(x)
         row[0] += x.size

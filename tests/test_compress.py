@@ -1,0 +1,141 @@
+"""flaxdistil.compress and scripts/compress.py end to end on a tiny saved BERT classifier (hidden
+32, the real MiniLM tokenizer): the output loads in transformers and matches a NumPy /
+torch reference; bad requests end in one clear line."""
+
+import importlib.util
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.test_distill_job import ENV, once, save_tiny
+
+ROOT = Path(__file__).resolve().parents[1]
+CORPUS = [
+    "The film is a charming, funny and touching story.",
+    "A dull, lifeless movie that goes nowhere.",
+    "Great acting, weak script.",
+    "I laughed, I cried, I loved every minute of it.",
+] * 3
+
+
+@pytest.fixture(scope="module")
+def src(tmp_path_factory):
+    pytest.importorskip("torch")
+    d = once(
+        tmp_path_factory,
+        "tiny_cls_minilm_tok",
+        lambda p: save_tiny(p, "BertForSequenceClassification"),
+    )
+    corpus = d.parent / "compress_corpus.txt"
+    corpus.write_text("\n".join(CORPUS) + "\n")
+    return d, corpus
+
+
+def _torch_logits(model_dir, texts):
+    import torch
+    import transformers
+
+    tok = transformers.AutoTokenizer.from_pretrained(model_dir)
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    batch = tok(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        return model(**batch).logits.numpy(), model
+
+
+def test_layer_sparsity_matches_numpy_reference(src, tmp_path):
+    """Per-layer magnitude pruning: each encoder linear weight of each layer loses exactly its
+    smallest half (NumPy on the torch weights); nothing else changes; transformers loads it."""
+    import torch
+    import transformers
+
+    from flaxdistil.compress import compress
+
+    d, _ = src
+    report = compress(d, tmp_path / "out", sparsity=0.5, scope="layer")
+    assert "total" in str(report) and "50.0%" in str(report)
+    ref = transformers.AutoModelForSequenceClassification.from_pretrained(d).eval()
+    with torch.no_grad():
+        for name, w in ref.named_parameters():
+            linear = name.startswith("bert.") and name.endswith(".weight") and w.ndim == 2
+            if linear and "embeddings" not in name:
+                a = np.abs(w.numpy()).reshape(-1)
+                drop = np.argsort(a, kind="stable")[: round(0.5 * a.size)]
+                flat = w.view(-1)
+                flat[torch.as_tensor(drop)] = 0
+    got, pruned = _torch_logits(tmp_path / "out", CORPUS[:4])
+    for (n1, w1), (n2, w2) in zip(ref.named_parameters(), pruned.named_parameters()):
+        assert n1 == n2
+        np.testing.assert_array_equal(w1.detach().numpy(), w2.detach().numpy(), err_msg=n1)
+    tok = transformers.AutoTokenizer.from_pretrained(d)
+    with torch.no_grad():
+        want = ref(**tok(CORPUS[:4], padding=True, return_tensors="pt")).logits.numpy()
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def _cli(*args):
+    return subprocess.run(
+        [sys.executable, "scripts/compress.py", *map(str, args)],
+        cwd=ROOT, env={**ENV, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+        timeout=600,
+    )  # fmt: skip
+
+
+def test_cli_end_to_end_vocab_heads_ffn(src, tmp_path):
+    """Vocabulary, heads and FFN pruning through the script: the directory and its new tokenizer
+    load in transformers and give the compact (physically smaller) flaxdistil model's logits."""
+    from flaxdistil import Model
+    from flaxdistil.compress import load_compact
+
+    d, corpus = src
+    out = tmp_path / "out"
+    args = ["--src", d, "--out", out, "--sparsity", "0.3", "--heads-keep", "2", "--ffn-keep"]
+    r = _cli(*args, "40", "--data", corpus, "--vocab-from", corpus, "--check")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "vocabulary: kept" in r.stdout and "transformers 5 has no pruned_heads" in r.stdout
+    assert "sparsity" in r.stdout and "size on disk" in r.stdout
+
+    params, cfg, head = load_compact(out / "flaxdistil")
+    assert head == "seq_cls"
+    assert (cfg.num_attention_heads, cfg.head_dim, cfg.intermediate_size) == (2, 8, 40)
+    assert cfg.vocab_size < 200  # from 30,522
+    assert params["encoder"]["layer"]["attention"]["query"]["kernel"].shape == (4, 32, 16)
+    import transformers
+
+    tok = transformers.AutoTokenizer.from_pretrained(out)
+    assert len(tok) == cfg.vocab_size
+    theirs, _ = _torch_logits(out, CORPUS[:4])
+    batch = tok(CORPUS[:4], padding=True, return_tensors="np")
+    ours, _ = Model(cfg, head).apply(
+        {"params": params}, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
+    )
+    np.testing.assert_allclose(np.asarray(ours), theirs, atol=1e-5)
+
+
+def test_bad_requests_one_line(src, tmp_path):
+    d, corpus = src
+    cases = {
+        "sparsity": (["--sparsity", "1.0"], "sparsity must be in [0, 1)"),
+        "heads": (["--heads-keep", "9", "--data", corpus], "cannot keep 9 heads per layer"),
+        "no data": (["--ffn-keep", "8"], "give data"),
+        "missing src": (["--src", tmp_path / "nope"], "no checkpoint directory at"),
+        "bits range": (["--bits", "9"], "bits must be an integer from 2 to 8"),
+    }
+    if importlib.util.find_spec("flaxdistil.quantize") is None:
+        cases["no quantize"] = (["--bits", "4"], "quantisation needs flaxdistil.quantize")
+
+    def run(item):
+        extra, _ = item
+        base = [] if "--src" in extra else ["--src", d]
+        return _cli(*base, "--out", tmp_path / "o", *extra)
+
+    with ThreadPoolExecutor(3) as pool:
+        results = dict(zip(cases, pool.map(run, cases.values())))
+    for name, r in results.items():
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 1, (name, r.stderr[-1500:])
+        assert len(lines) == 1 and lines[0].startswith("error: "), (name, r.stderr[-1500:])
+        assert cases[name][1] in lines[0], (name, lines[0])
