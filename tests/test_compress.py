@@ -5,7 +5,6 @@ torch reference; bad requests end in one clear line."""
 import importlib.util
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -115,27 +114,44 @@ def test_cli_end_to_end_vocab_heads_ffn(src, tmp_path):
     np.testing.assert_allclose(np.asarray(ours), theirs, atol=1e-5)
 
 
-def test_bad_requests_one_line(src, tmp_path):
+def _main(argv):
+    """scripts/compress.py's main under the runner's error handling, in this process."""
+    import runpy
+
+    from flaxdistil.runner import user_errors
+
+    main = runpy.run_path(str(ROOT / "scripts" / "compress.py"))["main"]
+    with user_errors():
+        return main([str(a) for a in argv])
+
+
+@pytest.mark.parametrize(
+    "extra, expect",
+    [
+        (["--sparsity", "1.0"], "sparsity must be in [0, 1)"),
+        (["--sparsity", "-0.1"], "sparsity must be in [0, 1)"),
+        (["--heads-keep", "9", "--data", "{C}"], "cannot keep 9 heads per layer: the model has 4"),
+        (["--ffn-keep", "8"], "give data"),
+        (["--src", "{T}/nope"], "no checkpoint directory at"),
+        (["--bits", "9"], "bits must be an integer from 2 to 8"),
+        (["--vocab-from", "{T}/none.txt"], "does not exist"),
+    ],
+)
+def test_bad_requests_one_line(src, tmp_path, capsys, extra, expect):
     d, corpus = src
-    cases = {
-        "sparsity": (["--sparsity", "1.0"], "sparsity must be in [0, 1)"),
-        "heads": (["--heads-keep", "9", "--data", corpus], "cannot keep 9 heads per layer"),
-        "no data": (["--ffn-keep", "8"], "give data"),
-        "missing src": (["--src", tmp_path / "nope"], "no checkpoint directory at"),
-        "bits range": (["--bits", "9"], "bits must be an integer from 2 to 8"),
-    }
-    if importlib.util.find_spec("flaxdistil.quantize") is None:
-        cases["no quantize"] = (["--bits", "4"], "quantisation needs flaxdistil.quantize")
+    extra = [str(a).format(C=corpus, T=tmp_path) for a in extra]
+    base = [] if "--src" in extra else ["--src", d]
+    with pytest.raises(SystemExit) as e:
+        _main([*base, "--out", tmp_path / "o", *extra])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 1 and len(lines) == 1 and lines[0].startswith("error: "), lines
+    assert expect in lines[0]
 
-    def run(item):
-        extra, _ = item
-        base = [] if "--src" in extra else ["--src", d]
-        return _cli(*base, "--out", tmp_path / "o", *extra)
 
-    with ThreadPoolExecutor(3) as pool:
-        results = dict(zip(cases, pool.map(run, cases.values())))
-    for name, r in results.items():
-        lines = r.stderr.strip().splitlines()
-        assert r.returncode == 1, (name, r.stderr[-1500:])
-        assert len(lines) == 1 and lines[0].startswith("error: "), (name, r.stderr[-1500:])
-        assert cases[name][1] in lines[0], (name, lines[0])
+def test_bits_without_quantize_one_line(src, tmp_path, capsys):
+    if importlib.util.find_spec("flaxdistil.quantize") is not None:
+        pytest.skip("flaxdistil.quantize is in this build")
+    with pytest.raises(SystemExit):
+        _main(["--src", src[0], "--out", tmp_path / "o", "--bits", "4"])
+    err = capsys.readouterr().err.strip()
+    assert err == "error: quantisation needs flaxdistil.quantize (not in this build)"

@@ -9,6 +9,7 @@ import optax
 import pytest
 
 from flaxdistil import prune, train
+from tests.test_finetune import _tiny_cfg, tiny_dir  # noqa: F401, F811 (a fixture)
 
 
 def toy_params():
@@ -282,3 +283,24 @@ def test_structured_bad_requests():
         ps.choose(imp, 0)
     with pytest.raises(ValueError, match="uneven sizes per layer"):
         ps.check_even([2, 3, 2])
+
+
+def test_task_job_prunes_iteratively_and_exports_zeros(tiny_dir, tmp_path):  # noqa: F811
+    """prune.* in the task job: 2 rounds to 75% over 6 steps; the exported model has 75% of its
+    encoder kernels at zero (counted in the safetensors transformers reads)."""
+    from safetensors.numpy import load_file
+
+    from flaxdistil.jobs import task as task_job
+
+    cfg = _tiny_cfg(tiny_dir, tmp_path, steps=6, evals=dict(every=6))
+    cfg.prune.update(sparsity=0.75, rounds=2, scope="global")
+    res = task_job.run(cfg, tmp_path / "job")
+    assert res["best_step"] == 6 and res["sparsity"] == pytest.approx(0.75, abs=1e-4)
+    sd = load_file(str(tmp_path / "job" / "best_hf" / "model.safetensors"))
+    linear = [v for k, v in sd.items() if ".encoder.layer." in k and k.endswith("dense.weight")]
+    linear += [v for k, v in sd.items() if ".attention.self." in k and k.endswith("weight")]
+    linear += [sd[k] for k in sd if k.endswith("pooler.dense.weight")]
+    zeros = sum(int((v == 0).sum()) for v in linear) / sum(v.size for v in linear)
+    assert zeros == pytest.approx(0.75, abs=1e-4)
+    emb = [v for k, v in sd.items() if "embeddings" in k]
+    assert all(np.count_nonzero(v) > 0.99 * v.size for v in emb if v.ndim == 2)
