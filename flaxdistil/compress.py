@@ -187,7 +187,7 @@ def compress(src, out, *, head: str | None = "auto", check: bool = False, **requ
         texts, tokenizer = _texts(req.vocab_from, tok_dir, "vocabulary pruning")
         keep = vocab.corpus_tokens(tokenizer, texts)
         params, cfg = vocab.prune_vocab(params, cfg, keep)
-        notes.append(f"vocabulary: kept {len(keep):,} of {before_vocab(before)} tokens")
+        notes.append(f"vocabulary: kept {len(keep):,} of {_vocab_size(before)} tokens")
     if req.heads_keep or req.ffn_keep:
         texts, tok = _texts(req.data, tok_dir, "heads / FFN pruning")
         params, cfg = _structured(params, cfg, head, req, tok, texts, notes)
@@ -203,7 +203,7 @@ def compress(src, out, *, head: str | None = "auto", check: bool = False, **requ
                   check)  # fmt: skip
 
 
-def before_vocab(params) -> str:
+def _vocab_size(params) -> str:
     return f"{params['encoder']['embeddings']['word_embeddings']['embedding'].shape[0]:,}"
 
 
