@@ -16,6 +16,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	# TextBrewer is only a test reference for losses/schedules; --no-deps: its deps pull tensorboard.
 	$(PY) -m pip install -q --no-deps textbrewer==0.2.1.post1
+	# TextPruner: the reference for the head / FFN importance scores (tests/test_prune.py).
+	$(PY) -m pip install -q --no-deps textpruner==1.1.post2
 	touch $@
 
 assets: setup

@@ -132,6 +132,10 @@ def base(job: str) -> ml_collections.ConfigDict:
         patience=0 if general else 3,  # evals without improvement; 0 = never stop early
         min_delta=0.0,
     )
+    # Iterative magnitude pruning of the student's encoder kernels during training (seed 004):
+    # `rounds` rounds at steps 0, T/rounds, ..., each zeroing the same share of the weights left,
+    # to `sparsity` at the last; scope global (one threshold) | layer (each layer on its own).
+    c.prune = dict(sparsity=0.0, rounds=1, scope="global")
     c.export = dict(hf=True, check=not general)  # to <workdir>/best_hf or student_hf
     c.mesh = dict(fsdp=1)
     if not general:

@@ -13,7 +13,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from flaxdistil import hf_table
+from flaxdistil import hf_table, prune_structured
 from flaxdistil.models import Model, ModelConfig
 from flaxdistil.models.heads import init_params
 
@@ -372,6 +372,13 @@ def save_pretrained(
     """
     from safetensors.numpy import save_file
 
+    if config.all_head_size != config.hidden_size:
+        n = config.hidden_size // config.head_dim - config.num_attention_heads
+        print(
+            f"export: transformers 5 has no pruned_heads, so the {n} pruned heads per layer are "
+            "written as zero weights (same outputs, full-size attention matrices)"
+        )
+        params, config = prune_structured.full_heads(params, config)
     if export_as == "distilbert" or (config.model_type == "bert" and not config.type_vocab_size):
         config = as_distilbert(config)
         params = _drop_pooler(params)

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import optax
 
 from flaxdistil import objective as objectives
-from flaxdistil import quantize
+from flaxdistil import prune, quantize
 from flaxdistil.models import Model
 from flaxdistil.objective import IGNORE_INDEX, Objective
 
@@ -72,13 +72,18 @@ def make_optimizer(
     accumulate: int = 1,
     trainable=None,
     proj_lrs: dict | None = None,
+    prune_sparsity: float = 0.0,
+    prune_rounds: int = 1,
+    prune_scope: str = "global",
 ) -> optax.GradientTransformation:
     """AdamW with linear warmup then linear decay to 0, global-norm clipping, decay on kernels and
     embeddings only, optional gradient accumulation over ``accumulate`` micro-batches, and an
     optional ``trainable(path) -> bool`` that freezes the rest of the student.
 
     Updates a ``{'params': student, 'proj': projections}`` tree; ``proj_lrs`` maps a projection
-    key to its own learning rate (TextBrewer's per-projection learning rate)."""
+    key to its own learning rate (TextBrewer's per-projection learning rate). ``prune_sparsity``
+    > 0 wraps it all in prune.pruning: iterative magnitude pruning of the student's encoder
+    kernels in ``prune_rounds`` rounds over the run, the masks kept in the optimizer state."""
     proj_lrs = proj_lrs or {}
 
     def adamw(lr):
@@ -107,6 +112,15 @@ def make_optimizer(
     )
     if accumulate > 1:
         tx = optax.MultiSteps(tx, every_k_schedule=accumulate)
+    if prune_sparsity:
+        # Outermost, so its count is the train step (micro-steps under accumulation).
+        include = lambda tree: {
+            "params": prune.eligible(tree["params"]),
+            "proj": jax.tree.map(lambda _: False, tree["proj"]),
+        }
+        tx = prune.pruning(tx, sparsity=prune_sparsity, rounds=prune_rounds,
+                           total_steps=total_steps * accumulate, scope=prune_scope,
+                           include_fn=include)  # fmt: skip
     return tx
 
 

@@ -13,7 +13,17 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from flaxdistil import hf, matches, objective, quantize, sharding, teacher_cache, teachers, train
+from flaxdistil import (
+    hf,
+    matches,
+    objective,
+    prune,
+    quantize,
+    sharding,
+    teacher_cache,
+    teachers,
+    train,
+)
 from flaxdistil import student as students
 from flaxdistil.data import text_pipeline
 from flaxdistil.data.batching import Batches
@@ -235,6 +245,9 @@ def build_engine(
         accumulate=t.accumulate,
         trainable=trainable,
         proj_lrs=proj_lrs,
+        prune_sparsity=prune.check_sparsity(cfg.prune.sparsity, "prune.sparsity"),
+        prune_rounds=cfg.prune.rounds,
+        prune_scope=cfg.prune.scope,
     )
     proj = objective.init_projections(obj, jax.random.key(t.seed + 1))
     state = train.create_state(params, tx, proj)

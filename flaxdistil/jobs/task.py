@@ -18,7 +18,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from flaxdistil import evaluate, hf
+from flaxdistil import evaluate, hf, prune
 from flaxdistil import student as students
 from flaxdistil import teachers as teachers_
 from flaxdistil.data import task_data
@@ -105,6 +105,8 @@ def run(cfg, workdir) -> dict:
         "test": test,
         "train_time_s": out.train_time_s,
     }
+    if cfg.prune.sparsity:
+        results.update(_pruned(cfg, best, total, out.early.best_step))
     if cfg.export.hf:
         results.update(_export(cfg, workdir, best, s_cfg, head, tokenizer, data, pad))
         common.save_projections(workdir / "projections.npz", out.state.proj)
@@ -117,6 +119,17 @@ def _teacher_paths(teachers):
     """None, the teacher's path, or the list of paths of several teachers."""
     paths = [t.path for t in teachers]
     return paths[0] if len(paths) == 1 else paths or None
+
+
+def _pruned(cfg, best, total: int, best_step) -> dict:
+    """The sparsity of the params kept as best: early stopping may keep ones from before the
+    last pruning round, which are less sparse than asked."""
+    got = prune.sparsity_of(best)
+    last = prune.round_steps(total, cfg.prune.rounds)[-1]
+    print(f"pruned: {got:.1%} of the encoder's kernels are zero (asked {cfg.prune.sparsity:.1%})")
+    if best_step is not None and best_step <= last:
+        print(f"note: the best step {best_step} precedes the last pruning round (step {last + 1})")
+    return {"sparsity": got, "sparsity_target": cfg.prune.sparsity}
 
 
 def _export(cfg, workdir: Path, params, s_cfg, head, tokenizer, data, pad_id: int) -> dict:

@@ -108,6 +108,10 @@ class ModelConfig:
     qa_dropout: float = 0.1  # DistilBERT's QA dropout
     problem_type: str | None = None  # HF's: single_label_classification / regression / ...
     id2label: tuple[tuple[int, str], ...] | None = None  # tuple so that the config hashes
+    # Width of one attention head when heads were pruned away (prune_structured.py): q/k/v then
+    # project to num_attention_heads x attention_head_size < hidden_size. None: hidden_size /
+    # num_attention_heads. HF BERTs have no such field: export pads the pruned heads with zeros.
+    attention_head_size: int | None = None
 
     def __post_init__(self):
         if self.model_type not in FAMILIES:
@@ -120,7 +124,7 @@ class ModelConfig:
                 f"embedding_size {self.embedding_size} != hidden_size {self.hidden_size} needs "
                 f"a model_type in {FACTORISED}, got {self.model_type!r}"
             )
-        if self.hidden_size % self.num_attention_heads:
+        if self.attention_head_size is None and self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size {self.hidden_size} is not a multiple of "
                 f"num_attention_heads {self.num_attention_heads}"
@@ -128,7 +132,12 @@ class ModelConfig:
 
     @property
     def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
+        return self.attention_head_size or self.hidden_size // self.num_attention_heads
+
+    @property
+    def all_head_size(self) -> int:
+        """Width of the q/k/v projections: hidden_size unless heads were pruned."""
+        return self.num_attention_heads * self.head_dim
 
     @property
     def arch(self) -> str:
@@ -185,8 +194,14 @@ class ModelConfig:
         return cls(**kw)
 
     def to_hf(self) -> dict[str, Any]:
+        if self.all_head_size != self.hidden_size:
+            raise ValueError(
+                f"a config with {self.num_attention_heads} heads of {self.head_dim} (pruned from "
+                f"hidden {self.hidden_size}) has no HF form: prune_structured.full_heads pads it"
+            )
         d = dataclasses.asdict(self)
         d.pop("add_pooler")
+        d.pop("attention_head_size")
         id2label = d.pop("id2label") or tuple((i, f"LABEL_{i}") for i in range(self.num_labels))
         d["id2label"] = {str(i): name for i, name in id2label}
         d["label2id"] = {name: i for i, name in id2label}

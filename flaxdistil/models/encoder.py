@@ -168,9 +168,10 @@ class SelfAttention(nn.Module):
         B, T, _ = x_BxTxD.shape
         H, K = cfg.num_attention_heads, cfg.head_dim
         split = lambda y: y.reshape(B, T, H, K)
-        q_BxTxHxK = split(dense(cfg, cfg.hidden_size, "query", self.dtype)(x_BxTxD))
-        k_BxTxHxK = split(dense(cfg, cfg.hidden_size, "key", self.dtype)(x_BxTxD))
-        v_BxTxHxK = split(dense(cfg, cfg.hidden_size, "value", self.dtype)(x_BxTxD))
+        # all_head_size: hidden_size, or less once heads are pruned (prune_structured.py)
+        q_BxTxHxK = split(dense(cfg, cfg.all_head_size, "query", self.dtype)(x_BxTxD))
+        k_BxTxHxK = split(dense(cfg, cfg.all_head_size, "key", self.dtype)(x_BxTxD))
+        v_BxTxHxK = split(dense(cfg, cfg.all_head_size, "value", self.dtype)(x_BxTxD))
         keep_Bx1x1xT = mask_BxT[:, None, None, :].astype(bool)
         dropout_on = not self.deterministic and cfg.attention_probs_dropout_prob > 0
         probs_BxHxTxT = None

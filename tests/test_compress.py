@@ -1,0 +1,184 @@
+"""flaxdistil.compress and scripts/compress.py end to end on a tiny saved BERT classifier (hidden
+32, the real MiniLM tokenizer): the output loads in transformers and matches a NumPy /
+torch reference; bad requests end in one clear line."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.test_distill_job import ENV, once, save_tiny
+
+ROOT = Path(__file__).resolve().parents[1]
+CORPUS = [
+    "The film is a charming, funny and touching story.",
+    "A dull, lifeless movie that goes nowhere.",
+    "Great acting, weak script.",
+    "I laughed, I cried, I loved every minute of it.",
+] * 3
+
+
+@pytest.fixture(scope="module")
+def src(tmp_path_factory):
+    pytest.importorskip("torch")
+    d = once(
+        tmp_path_factory,
+        "tiny_cls_minilm_tok",
+        lambda p: save_tiny(p, "BertForSequenceClassification"),
+    )
+    corpus = d.parent / "compress_corpus.txt"
+    corpus.write_text("\n".join(CORPUS) + "\n")
+    return d, corpus
+
+
+def _torch_logits(model_dir, texts):
+    import torch
+    import transformers
+
+    tok = transformers.AutoTokenizer.from_pretrained(model_dir)
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    batch = tok(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        return model(**batch).logits.numpy(), model
+
+
+def test_layer_sparsity_matches_numpy_reference(src, tmp_path):
+    """Per-layer magnitude pruning: each encoder linear weight of each layer loses exactly its
+    smallest half (NumPy on the torch weights); nothing else changes; transformers loads it."""
+    import torch
+    import transformers
+
+    from flaxdistil.compress import compress
+
+    d, _ = src
+    report = compress(d, tmp_path / "out", sparsity=0.5, scope="layer")
+    assert "total" in str(report) and "50.0%" in str(report)
+    ref = transformers.AutoModelForSequenceClassification.from_pretrained(d).eval()
+    with torch.no_grad():
+        for name, w in ref.named_parameters():
+            linear = name.startswith("bert.") and name.endswith(".weight") and w.ndim == 2
+            if linear and "embeddings" not in name:
+                a = np.abs(w.numpy()).reshape(-1)
+                drop = np.argsort(a, kind="stable")[: round(0.5 * a.size)]
+                flat = w.view(-1)
+                flat[torch.as_tensor(drop)] = 0
+    got, pruned = _torch_logits(tmp_path / "out", CORPUS[:4])
+    for (n1, w1), (n2, w2) in zip(ref.named_parameters(), pruned.named_parameters()):
+        assert n1 == n2
+        np.testing.assert_array_equal(w1.detach().numpy(), w2.detach().numpy(), err_msg=n1)
+    tok = transformers.AutoTokenizer.from_pretrained(d)
+    with torch.no_grad():
+        want = ref(**tok(CORPUS[:4], padding=True, return_tensors="pt")).logits.numpy()
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def _cli(*args):
+    return subprocess.run(
+        [sys.executable, "scripts/compress.py", *map(str, args)],
+        cwd=ROOT, env={**ENV, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+        timeout=600,
+    )  # fmt: skip
+
+
+def test_cli_end_to_end_vocab_heads_ffn(src, tmp_path):
+    """Vocabulary, heads and FFN pruning through the script: the directory and its new tokenizer
+    load in transformers and give the compact (physically smaller) flaxdistil model's logits."""
+    from flaxdistil import Model
+    from flaxdistil.compress import load_compact
+
+    d, corpus = src
+    out = tmp_path / "out"
+    args = ["--src", d, "--out", out, "--sparsity", "0.3", "--heads-keep", "2", "--ffn-keep"]
+    r = _cli(*args, "40", "--data", corpus, "--vocab-from", corpus, "--check")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "vocabulary: kept" in r.stdout and "transformers 5 has no pruned_heads" in r.stdout
+    assert "sparsity" in r.stdout and "size on disk" in r.stdout
+
+    params, cfg, head = load_compact(out / "flaxdistil")
+    assert head == "seq_cls"
+    assert (cfg.num_attention_heads, cfg.head_dim, cfg.intermediate_size) == (2, 8, 40)
+    assert cfg.vocab_size < 200  # from 30,522
+    assert params["encoder"]["layer"]["attention"]["query"]["kernel"].shape == (4, 32, 16)
+    import transformers
+
+    tok = transformers.AutoTokenizer.from_pretrained(out)
+    assert len(tok) == cfg.vocab_size
+    theirs, _ = _torch_logits(out, CORPUS[:4])
+    batch = tok(CORPUS[:4], padding=True, return_tensors="np")
+    ours, _ = Model(cfg, head).apply(
+        {"params": params}, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]
+    )
+    np.testing.assert_allclose(np.asarray(ours), theirs, atol=1e-5)
+
+
+def _main(argv):
+    """scripts/compress.py's main under the runner's error handling, in this process."""
+    import runpy
+
+    from flaxdistil.runner import user_errors
+
+    main = runpy.run_path(str(ROOT / "scripts" / "compress.py"))["main"]
+    with user_errors():
+        return main([str(a) for a in argv])
+
+
+@pytest.mark.parametrize(
+    "extra, expect",
+    [
+        (["--sparsity", "1.0"], "sparsity must be in [0, 1)"),
+        (["--sparsity", "-0.1"], "sparsity must be in [0, 1)"),
+        (["--heads-keep", "9", "--data", "{C}"], "cannot keep 9 heads per layer: the model has 4"),
+        (["--ffn-keep", "8"], "give data"),
+        (["--src", "{T}/nope"], "no checkpoint directory at"),
+        (["--bits", "9"], "bits must be an integer from 2 to 8"),
+        (["--vocab-from", "{T}/none.txt"], "does not exist"),
+    ],
+)
+def test_bad_requests_one_line(src, tmp_path, capsys, extra, expect):
+    d, corpus = src
+    extra = [str(a).format(C=corpus, T=tmp_path) for a in extra]
+    base = [] if "--src" in extra else ["--src", d]
+    with pytest.raises(SystemExit) as e:
+        _main([*base, "--out", tmp_path / "o", *extra])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 1 and len(lines) == 1 and lines[0].startswith("error: "), lines
+    assert expect in lines[0]
+
+
+def test_bits_quantise_the_export_within_half_a_step(src, tmp_path):
+    """--bits 8: every encoder linear weight in the Hugging Face export is within half a
+    quantisation step (per output channel, max|w| / 127 / 2, by NumPy on the torch weights) of the
+    original, embeddings untouched; the compact files read back as the same float params."""
+    import transformers
+
+    import flaxdistil
+    from flaxdistil.compress import compress
+
+    d, _ = src
+    compress(d, tmp_path / "q", bits=8)
+    ref = transformers.AutoModelForSequenceClassification.from_pretrained(d).state_dict()
+    got = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "q")
+    got = got.state_dict()
+    n = 0
+    for k, w in ref.items():
+        w, g = w.numpy(), got[k].numpy()
+        if k.startswith("bert.encoder.") and k.endswith(".weight") and w.ndim == 2:
+            step = np.abs(w).max(axis=1, keepdims=True) / 127
+            assert np.all(np.abs(g - w) <= step / 2 + 1e-7), k
+            assert not np.array_equal(g, w), k  # really quantised
+            n += 1
+        elif "embeddings" in k:
+            np.testing.assert_array_equal(g, w, err_msg=k)
+    assert n == 4 * 6  # 4 layers x (q, k, v, out, fc1, fc2)
+    compact = flaxdistil.load_pretrained(tmp_path / "q" / "flaxdistil", "seq_cls").params
+    exported = flaxdistil.load_pretrained(tmp_path / "q", "seq_cls").params
+    for a, b in zip(*(jax_leaves(t) for t in (compact, exported)), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-7)
+
+
+def jax_leaves(tree):
+    import jax
+
+    return [np.asarray(x) for x in jax.tree.leaves(tree)]
