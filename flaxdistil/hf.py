@@ -226,7 +226,7 @@ def convert_from_hf(sd: dict, cfg: ModelConfig, head: str | None, rng=None):
     template = jax.eval_shape(lambda: init_params(cfg, head, jax.random.key(0)))
     wanted = set(_paths(template))
     params, used, missing, misshapen, new_init = {}, set(), [], [], []
-    for path, key, layout, is_head, module in hf_table.rows(cfg.model_type, head):
+    for path, key, layout, is_head, module in hf_table.rows(cfg.model_type, head, cfg.legacy):
         if path not in wanted:  # e.g. the pooler of a head that has none
             continue
         stacked = "{i}" in key
@@ -334,7 +334,7 @@ def convert_to_hf(params: dict, cfg: ModelConfig, head: str | None) -> dict[str,
     have = set(_paths(params))
     H = cfg.num_attention_heads
     sd = {}
-    for path, key, layout, is_head, _ in hf_table.rows(cfg.model_type, head):
+    for path, key, layout, is_head, _ in hf_table.rows(cfg.model_type, head, cfg.legacy):
         if path not in have:
             continue
         value = np.asarray(_get(params, path), np.float32)
@@ -346,7 +346,7 @@ def convert_to_hf(params: dict, cfg: ModelConfig, head: str | None) -> dict[str,
             sd[name] = np.ascontiguousarray(hf_table.to_hf(value, layout, H))
     if "mlm" in params:  # HF's decoder bias is the head bias under a second name
         for tied, source in hf_table.TIED[cfg.model_type].items():
-            if tied.endswith("decoder.bias"):
+            if tied.endswith("decoder.bias") and source in sd:  # DeBERTa: legacy only
                 sd[tied] = sd[source].copy()
     return sd
 
