@@ -304,6 +304,8 @@ def _deberta_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
             "hidden_size, as the DeBERTa-v3 models have"
         )
     hf = _DEBERTA_DEFAULTS | hf | {"add_pooler": False}  # its only pooler is the classifier's
+    if hf.get("embedding_size") == hf["hidden_size"]:  # no embed_proj, as when it is absent
+        hf["embedding_size"] = None
     kinds = hf.get("pos_att_type") or ()
     if isinstance(kinds, str):  # "p2c|c2p" in the released config.json files
         kinds = kinds.split("|")
