@@ -297,15 +297,29 @@ def load_pretrained(
     of other heads are reported as unused; anything else that does not fit raises CheckpointError.
     """
     ckpt = resolve(path_or_hub_id, revision)
-    cfg = ModelConfig.from_hf(read_config(ckpt))
+    hf_config = read_config(ckpt)
+    cfg = ModelConfig.from_hf(hf_config)
     if num_labels is not None:
         config_overrides.setdefault("id2label", None)  # a new head: old names don't fit
         config_overrides["num_labels"] = num_labels
-    cfg = cfg.replace(**config_overrides)
     sd, weights_file = read_state_dict(ckpt)
+    if _lm_predictions_without_legacy(hf_config, sd):
+        config_overrides.setdefault("legacy", False)
+    cfg = cfg.replace(**config_overrides)
     params, new_init, unused = convert_from_hf(sd, cfg, head, rng)
     report = LoadReport(weights_file, new_init, unused)
     return Pretrained(cfg, jax.tree.map(np.asarray, params), head, ckpt, report)
+
+
+def _lm_predictions_without_legacy(hf_config: dict, sd: dict) -> bool:
+    """Microsoft's DeBERTa-v2/v3 checkpoints keep their trained MLM head as lm_predictions.* and
+    their config.json predates the legacy flag, whose default (True) would make transformers
+    (and us) initialise a fresh cls.predictions head; the weights say which layout they are."""
+    if hf_config.get("model_type") != "deberta-v2" or "legacy" in hf_config:
+        return False
+    return any(k.startswith("lm_predictions.") for k in sd) and not any(
+        k.startswith("cls.predictions.") for k in sd
+    )
 
 
 # ---------------------------------------------------------------- flaxdistil -> HF

@@ -154,8 +154,9 @@ def test_bf16_and_remat(make_hf_model, tmp_path):
 
 def test_released_config_and_extra_keys(make_hf_model, tmp_path):
     """A config.json as Microsoft's DeBERTa-v3 ones are written (no type_vocab_size, legacy,
-    pooler fields, pos_att_type as 'p2c|c2p') takes DebertaV2Config's defaults; the checkpoint's
-    replaced-token detector and unused position table are reported, not refused."""
+    pooler fields, pos_att_type as 'p2c|c2p') takes DebertaV2Config's defaults; without legacy,
+    lm_predictions weights load as that head (transformers would re-initialise cls.predictions);
+    the replaced-token detector and an unused position table are reported, not refused."""
     cfg = ModelConfig.from_hf({"model_type": "deberta-v2", "hidden_size": 768,
                                "num_attention_heads": 12, "relative_attention": True,
                                "pos_att_type": "p2c|c2p", "position_buckets": 256,
@@ -172,11 +173,19 @@ def test_released_config_and_extra_keys(make_hf_model, tmp_path):
     sd["deberta.embeddings.position_embeddings.weight"] = np.zeros((64, 32), np.float32)
     sd["mask_predictions.dense.weight"] = np.zeros((32, 32), np.float32)
     save_file(sd, str(tmp_path / "hf" / "model.safetensors"), metadata={"format": "pt"})
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    del config["legacy"]  # as in Microsoft's files: the lm_predictions weights decide
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(config))
     pre = load_pretrained(tmp_path / "hf", head="mlm")
     assert pre.report.unused == [
         "embeddings.position_embeddings.weight",
         "mask_predictions.dense.weight",
     ]
+    assert not pre.config.legacy and pre.report.new_init == []
+    ids, mask, types = _batch(hf.config)
+    logits, _ = pre.model.apply({"params": pre.params}, ids, mask, types)
+    theirs = _torch_forward(hf, ids, mask, types).logits.numpy()
+    assert np.abs(np.asarray(logits) - theirs).max() <= TOL
 
 
 @pytest.mark.parametrize(

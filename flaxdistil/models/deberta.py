@@ -133,7 +133,8 @@ class DisentangledSelfAttention(nn.Module):
         scale = np.float32(np.sqrt(K * (1 + len(cfg.pos_att_type))))
         scores = jnp.einsum("bihk,bjhk->bhij", q_BxTxHxK, k_BxTxHxK) / scale
         if rel_PxD is not None:
-            scores += self._position_terms(q_BxTxHxK, k_BxTxHxK, rel_PxD, query, key) / scale
+            terms = self._position_terms(q_BxTxHxK, k_BxTxHxK, rel_PxD, query, key, dense)
+            scores += terms / scale
         # HF masks padded queries too (the outer product of the mask): their rows are uniform.
         keep_Bx1xTxT = (mask_BxT[:, None, :, None] * mask_BxT[:, None, None, :]).astype(bool)
         scores = jnp.where(keep_Bx1xTxT, scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
@@ -148,14 +149,11 @@ class DisentangledSelfAttention(nn.Module):
             qkv = jnp.stack([y.reshape(B, T, -1) for y in (q_BxTxHxK, k_BxTxHxK, v_BxTxHxK)])
         return out_BxTxD, scores if self.output_scores else probs_BxHxTxT, qkv
 
-    def _position_terms(self, q_BxTxHxK, k_BxTxHxK, rel_PxD, query, key):
-        """c2p[i, j] = q_i . pos_k[delta(i, j)] + p2c[i, j] = k_j . pos_q[delta(j, i)], unscaled."""
+    def _position_terms(self, q_BxTxHxK, k_BxTxHxK, rel_PxD, query, key, dense):
+        """c2p[i, j] = q_i . pos_k[delta(i, j)] + p2c[i, j] = k_j . pos_q[delta(j, i)], unscaled
+        (delta: the bucketed distance, clamped to the table); run inside __call__'s scope."""
         cfg = self.config
         T, H, S = q_BxTxHxK.shape[1], cfg.num_attention_heads, span(cfg)
-        init = nn.initializers.normal(cfg.initializer_range)
-        dense = lambda name: nn.Dense(
-            cfg.hidden_size, dtype=self.dtype, kernel_init=init, name=name
-        )
         # Every layer drops out its own copy of the shared table (DeBERTa's pos_dropout).
         rel_PxD = nn.Dropout(cfg.hidden_dropout_prob)(rel_PxD, deterministic=self.deterministic)
         rel_TxT = relative_positions(cfg, T)
