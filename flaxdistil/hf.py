@@ -231,7 +231,7 @@ def convert_from_hf(sd: dict, cfg: ModelConfig, head: str | None, rng=None):
     template = jax.eval_shape(lambda: init_params(cfg, head, jax.random.key(0)))
     wanted = set(_paths(template))
     params, used, missing, misshapen, new_init = {}, set(), [], [], []
-    for path, key, layout, is_head, module in hf_table.rows(cfg.model_type, head):
+    for path, key, layout, is_head, module in hf_table.rows(cfg.model_type, head, cfg.legacy):
         if path not in wanted:  # e.g. the pooler of a head that has none
             continue
         stacked = "{i}" in key
@@ -302,15 +302,29 @@ def load_pretrained(
     of other heads are reported as unused; anything else that does not fit raises CheckpointError.
     """
     ckpt = resolve(path_or_hub_id, revision)
-    cfg = ModelConfig.from_hf(read_config(ckpt))
+    hf_config = read_config(ckpt)
+    cfg = ModelConfig.from_hf(hf_config)
     if num_labels is not None:
         config_overrides.setdefault("id2label", None)  # a new head: old names don't fit
         config_overrides["num_labels"] = num_labels
-    cfg = cfg.replace(**config_overrides)
     sd, weights_file = read_state_dict(ckpt)
+    if _lm_predictions_without_legacy(hf_config, sd):
+        config_overrides.setdefault("legacy", False)
+    cfg = cfg.replace(**config_overrides)
     params, new_init, unused = convert_from_hf(sd, cfg, head, rng)
     report = LoadReport(weights_file, new_init, unused)
     return Pretrained(cfg, jax.tree.map(np.asarray, params), head, ckpt, report)
+
+
+def _lm_predictions_without_legacy(hf_config: dict, sd: dict) -> bool:
+    """Microsoft's DeBERTa-v2/v3 checkpoints keep their trained MLM head as lm_predictions.* and
+    their config.json predates the legacy flag, whose default (True) would make transformers
+    (and us) initialise a fresh cls.predictions head; the weights say which layout they are."""
+    if hf_config.get("model_type") != "deberta-v2" or "legacy" in hf_config:
+        return False
+    return any(k.startswith("lm_predictions.") for k in sd) and not any(
+        k.startswith("cls.predictions.") for k in sd
+    )
 
 
 # ---------------------------------------------------------------- flaxdistil -> HF
@@ -339,7 +353,7 @@ def convert_to_hf(params: dict, cfg: ModelConfig, head: str | None) -> dict[str,
     have = set(_paths(params))
     H = cfg.num_attention_heads
     sd = {}
-    for path, key, layout, is_head, _ in hf_table.rows(cfg.model_type, head):
+    for path, key, layout, is_head, _ in hf_table.rows(cfg.model_type, head, cfg.legacy):
         if path not in have:
             continue
         value = np.asarray(_get(params, path), np.float32)
@@ -351,7 +365,7 @@ def convert_to_hf(params: dict, cfg: ModelConfig, head: str | None) -> dict[str,
             sd[name] = np.ascontiguousarray(hf_table.to_hf(value, layout, H))
     if "mlm" in params:  # HF's decoder bias is the head bias under a second name
         for tied, source in hf_table.TIED[cfg.model_type].items():
-            if tied.endswith("decoder.bias"):
+            if tied.endswith("decoder.bias") and source in sd:  # DeBERTa: legacy only
                 sd[tied] = sd[source].copy()
     return sd
 

@@ -70,6 +70,23 @@ _XLNET_LAYER = [
     ]
 ]
 
+_DEBERTA_LAYER = [
+    (f"encoder/layer/{ours}", f"encoder.layer.{{i}}.{theirs}", "dense")
+    for ours, theirs in [
+        ("attention/query", "attention.self.query_proj"),
+        ("attention/key", "attention.self.key_proj"),
+        ("attention/value", "attention.self.value_proj"),
+        ("attention/pos_key", "attention.self.pos_key_proj"),  # c2p without share_att_key
+        ("attention/pos_query", "attention.self.pos_query_proj"),  # p2c without share_att_key
+        ("attention/out", "attention.output.dense"),
+        ("fc1", "intermediate.dense"),
+        ("fc2", "output.dense"),
+    ]
+] + [
+    ("encoder/layer/attention_norm", "encoder.layer.{i}.attention.output.LayerNorm", "norm"),
+    ("encoder/layer/mlp_norm", "encoder.layer.{i}.output.LayerNorm", "norm"),
+]
+
 BACKBONE = {
     "bert": _EMBEDDINGS + _BERT_LAYER + _POOLER,
     "roberta": _EMBEDDINGS + _BERT_LAYER + _POOLER,
@@ -97,6 +114,15 @@ BACKBONE = {
         ("encoder/embeddings/mask_emb", "mask_emb", "param"),
     ]
     + _XLNET_LAYER,
+    # No absolute positions without position_biased_input, no relative ones without
+    # relative_attention, embed_proj (no bias) only when embedding_size != hidden_size.
+    "deberta-v2": _EMBEDDINGS
+    + [
+        ("encoder/embeddings/project", "embeddings.embed_proj", "dense"),
+        ("encoder/relative/rel_embeddings", "encoder.rel_embeddings.weight", "param"),
+        ("encoder/relative/LayerNorm", "encoder.LayerNorm", "norm"),
+    ]
+    + _DEBERTA_LAYER,
 }
 
 _TOKEN_CLS = [("classifier", "classifier", "dense")]
@@ -150,6 +176,22 @@ HEAD = {
         ("classifier/out", "logits_proj", "dense"),
     ],
     ("xlnet", "xlnet_lm"): [("lm_loss/bias", "lm_loss.bias", "param")],
+    # DebertaV2ForMaskedLM with config.legacy (transformers' default), and without it (the
+    # layout of Microsoft's checkpoints, see rows()); both compute BERT's MLM head.
+    ("deberta-v2", "mlm"): [
+        ("mlm/transform", "cls.predictions.transform.dense", "dense"),
+        ("mlm/norm", "cls.predictions.transform.LayerNorm", "norm"),
+        ("mlm/bias", "cls.predictions.bias", "param"),
+    ],
+    ("deberta-v2", "mlm/lm_predictions"): [
+        ("mlm/transform", "lm_predictions.lm_head.dense", "dense"),
+        ("mlm/norm", "lm_predictions.lm_head.LayerNorm", "norm"),
+        ("mlm/bias", "lm_predictions.lm_head.bias", "param"),
+    ],
+    ("deberta-v2", "seq_cls"): [  # the ContextPooler is the task model's, not the backbone's
+        ("classifier/pooler", "pooler.dense", "dense"),
+        ("classifier/out", "classifier", "dense"),
+    ],
     **{(f, "token_cls"): _TOKEN_CLS for f in BACKBONE},
     **{(f, "qa"): _QA for f in BACKBONE},
 }
@@ -177,6 +219,10 @@ TIED = {
         "predictions.decoder.bias": "predictions.bias",
     },
     "xlnet": {"lm_loss.weight": "word_embedding.weight"},
+    "deberta-v2": {
+        "cls.predictions.decoder.weight": "embeddings.word_embeddings.weight",
+        "cls.predictions.decoder.bias": "cls.predictions.bias",
+    },
 }
 BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids")
 
@@ -190,6 +236,10 @@ HEAD_NAMESPACES = {
     "albert": ("predictions.", "sop_classifier.", "classifier.", "qa_outputs.", "pooler."),
     "xlnet": ("lm_loss.", "sequence_summary.", "logits_proj.", "classifier.", "qa_outputs.")
     + ("start_logits.", "end_logits.", "answer_class."),  # XLNetForQuestionAnswering's beam heads
+    # mask_predictions: the v3 checkpoints' replaced-token detector; position_embeddings: kept in
+    # checkpoints whose position_biased_input is False (transformers ignores them too).
+    "deberta-v2": ("cls.", "lm_predictions.", "mask_predictions.", "pooler.", "classifier.")
+    + ("qa_outputs.", "embeddings.position_embeddings."),
 }
 
 # Families that run another's code use its rows, under their own model_type.
@@ -199,7 +249,10 @@ for _family, _base in SAME_AS.items():
     HEAD.update({(_family, h): r for (f, h), r in list(HEAD.items()) if f == _base})
 
 # The module name HF's task models keep the backbone under.
-PREFIX = {f: SAME_AS.get(f, f) for f in FAMILIES} | {"xlnet": "transformer"}
+PREFIX = {f: SAME_AS.get(f, f) for f in FAMILIES} | {
+    "xlnet": "transformer",
+    "deberta-v2": "deberta",
+}
 
 # transformers' class names: f"{CLASS_PREFIX}{suffix}".
 _CLASS_PREFIX = {
@@ -211,6 +264,7 @@ _CLASS_PREFIX = {
     "electra": "Electra",
     "albert": "Albert",
     "xlnet": "XLNet",
+    "deberta-v2": "DebertaV2",
 }
 _CLASS_SUFFIX = {
     None: "Model",
@@ -249,10 +303,12 @@ LEAVES = {
 }
 
 
-def rows(model_type: str, head: str | None):
-    """Yield (our leaf path, HF key template, layout, is_head, our module path)."""
+def rows(model_type: str, head: str | None, legacy: bool = True):
+    """Yield (our leaf path, HF key template, layout, is_head, our module path). legacy:
+    ModelConfig.legacy, which of DeBERTa-v2's two MLM layouts (other families have one)."""
     table = [(r, False) for r in BACKBONE[model_type]]
-    table += [(r, True) for r in HEAD.get((model_type, head), [])]
+    variant = "mlm/lm_predictions" if head == "mlm" and not legacy else head
+    table += [(r, True) for r in HEAD.get((model_type, variant), HEAD.get((model_type, head), []))]
     for (ours, theirs, kind), is_head in table:
         for leaf, suffix, layout in LEAVES[kind]:
             path = ours if leaf is None else f"{ours}/{leaf}"

@@ -30,12 +30,13 @@ def _tiny_config(transformers, family: str, **overrides):
             "camembert": transformers.CamembertConfig,
             "electra": transformers.ElectraConfig,
             "albert": transformers.AlbertConfig,
+            "deberta-v2": transformers.DebertaV2Config,
         }[family]
         roberta_like = family in ("roberta", "xlm-roberta", "camembert")
         kw["type_vocab_size"] = 1 if roberta_like else 2
         if roberta_like:
             kw.update(pad_token_id=1, bos_token_id=0, eos_token_id=2, layer_norm_eps=1e-5)
-        if family in ("electra", "albert"):
+        if family in ("electra", "albert"):  # DeBERTa projects only when asked
             kw["embedding_size"] = 20  # factorised: projected to hidden_size
     kw.update(vocab_size=99, max_position_embeddings=64)
     return cls(**{**kw, **overrides})

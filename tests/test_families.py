@@ -1,6 +1,7 @@
 """The families beyond BERT/RoBERTa/DistilBERT against transformers' PyTorch models: XLM-R and
 CamemBERT (RoBERTa underneath, their own model_type), ELECTRA (factorised embeddings, its own
-heads), ALBERT (one shared layer), XLNet (relative attention); DistilRoBERTa; a
+heads), ALBERT (one shared layer), XLNet (relative attention), DeBERTa-v2/v3 (disentangled
+attention; more of its variants in test_deberta.py); DistilRoBERTa; a
 multilingual-BERT-sized vocabulary.
 
 Every family x head: every hidden state, attention and the logits within 1e-5 of transformers in
@@ -39,7 +40,13 @@ CASES = {
     "electra": dict(hidden_size=36, intermediate_size=37, embedding_size=20, hidden_act="gelu_new"),
     "albert": dict(hidden_size=36, intermediate_size=37, embedding_size=20, hidden_act="relu"),
     "xlnet": dict(hidden_size=36, intermediate_size=37, hidden_act="gelu_new"),
-}
+    # DeBERTa-v3's layout: no absolute positions or token types, shared attention keys,
+    # LayerNorm'ed relative embeddings, 4 buckets (< the 11 tokens); variants in test_deberta.py.
+    "deberta-v2": dict(hidden_size=36, intermediate_size=37, hidden_act="gelu",
+                       relative_attention=True, position_buckets=4, pos_att_type="p2c|c2p",
+                       share_att_key=True, norm_rel_ebd="layer_norm", position_biased_input=False,
+                       type_vocab_size=0, layer_norm_eps=1e-7),
+}  # fmt: skip
 PAIRS = [(f, h) for f in CASES for h in FAMILY_HEADS[f]]
 CONFIG_FIELDS = {  # that survive the round trip, in each family's own names
     "bert": ["hidden_size", "intermediate_size", "hidden_act", "vocab_size", "pad_token_id",
@@ -267,7 +274,13 @@ def test_family_heads_are_checked():
 
 
 @pytest.mark.parametrize(
-    ("family", "head"), [("albert", "seq_cls"), ("electra", "electra_disc"), ("xlnet", "qa")]
+    ("family", "head"),
+    [
+        ("albert", "seq_cls"),
+        ("electra", "electra_disc"),
+        ("xlnet", "qa"),
+        ("deberta-v2", "seq_cls"),
+    ],
 )
 @pytest.mark.parametrize("unroll", [True, False])
 def test_inference_fn(family, head, unroll, make_hf_model, tmp_path):

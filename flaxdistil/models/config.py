@@ -14,6 +14,7 @@ FAMILIES = (
     "electra",
     "albert",
     "xlnet",
+    "deberta-v2",
 )
 HEADS = (
     None,
@@ -39,7 +40,7 @@ FAMILY_HEADS = {f: HEADS[:5] for f in FAMILIES} | {
 # architectures on export): XLM-R and CamemBERT are RoBERTa with other vocabularies.
 SAME_AS = {"xlm-roberta": "roberta", "camembert": "roberta"}
 # Families with factorised embeddings (embedding_size, projected to hidden_size).
-FACTORISED = ("electra", "albert")
+FACTORISED = ("electra", "albert", "deberta-v2")
 
 # Fields a family spells differently from BERT; one table serves reading and writing config.json.
 RENAMED = {
@@ -53,6 +54,7 @@ RENAMED = {
         "attention_dropout": "attention_probs_dropout_prob",
     },
     "albert": {"classifier_dropout_prob": "classifier_dropout"},
+    "deberta-v2": {"cls_dropout": "classifier_dropout"},
     "xlnet": {
         "d_model": "hidden_size",
         "n_layer": "num_hidden_layers",
@@ -76,6 +78,29 @@ _XLNET_ABSENT = (
     "max_position_embeddings",
     "type_vocab_size",
     "attention_probs_dropout_prob",
+)
+# DebertaV2Config's defaults where they are not ours: released config.json files leave them out.
+_DEBERTA_DEFAULTS = {
+    "vocab_size": 128100,
+    "hidden_size": 1536,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 24,
+    "intermediate_size": 6144,
+    "type_vocab_size": 0,
+    "layer_norm_eps": 1e-7,
+}
+# Fields only DeBERTa-v2 has (ModelConfig's block of them below).
+_DEBERTA_FIELDS = (
+    "relative_attention",
+    "max_relative_positions",
+    "position_buckets",
+    "pos_att_type",
+    "norm_rel_ebd",
+    "share_att_key",
+    "position_biased_input",
+    "pooler_dropout",
+    "pooler_hidden_act",
+    "legacy",
 )
 
 
@@ -112,6 +137,17 @@ class ModelConfig:
     # project to num_attention_heads x attention_head_size < hidden_size. None: hidden_size /
     # num_attention_heads. HF BERTs have no such field: export pads the pruned heads with zeros.
     attention_head_size: int | None = None
+    # DeBERTa-v2/v3 (models/deberta.py), DebertaV2Config's names and defaults.
+    relative_attention: bool = False  # the disentangled position terms at all
+    max_relative_positions: int = -1  # < 1: max_position_embeddings
+    position_buckets: int = -1  # > 0: log-bucketed distances, 2 x position_buckets embeddings
+    pos_att_type: tuple[str, ...] = ()  # of "c2p" (content-to-position), "p2c"
+    norm_rel_ebd: str = "none"  # "layer_norm": the relative embeddings pass a LayerNorm
+    share_att_key: bool = False  # positions projected by the content query/key projections
+    position_biased_input: bool = True  # False (v3): no absolute position embeddings
+    pooler_dropout: float = 0.0  # ContextPooler (the sequence classifier's)
+    pooler_hidden_act: str = "gelu"
+    legacy: bool = True  # MLM head as cls.predictions (True) or lm_predictions.lm_head (False)
 
     def __post_init__(self):
         if self.model_type not in FAMILIES:
@@ -124,6 +160,8 @@ class ModelConfig:
                 f"embedding_size {self.embedding_size} != hidden_size {self.hidden_size} needs "
                 f"a model_type in {FACTORISED}, got {self.model_type!r}"
             )
+        if self.model_type == "deberta-v2":
+            _check_deberta_fields(self)
         if self.attention_head_size is None and self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size {self.hidden_size} is not a multiple of "
@@ -181,6 +219,8 @@ class ModelConfig:
             hf.update(add_pooler=False)  # ElectraModel has no pooler
         elif model_type == "albert":
             _check_albert_groups(hf)
+        elif model_type == "deberta-v2":
+            hf = _deberta_from_hf(hf)
         elif model_type == "xlnet":
             _check_xlnet(hf)
             # One dropout everywhere; token types are compared, not embedded.
@@ -211,6 +251,11 @@ class ModelConfig:
                 d.pop(k)
         else:
             for k in ("sinusoidal_pos_embds", "seq_classif_dropout", "qa_dropout"):
+                d.pop(k)
+        if self.model_type == "deberta-v2":
+            d["pos_att_type"] = list(self.pos_att_type)
+        else:
+            for k in _DEBERTA_FIELDS:
                 d.pop(k)
         if self.model_type in FACTORISED:
             d["embedding_size"] = self.embed_dim  # HF's defaults (128) are not ours
@@ -251,3 +296,50 @@ def _check_xlnet(hf: dict[str, Any]) -> None:
             f"XLNet with {', '.join(bad)}: flaxdistil computes {_XLNET_SUPPORTED} and no "
             "clamp_len, as the released XLNets have"
         )
+
+
+# DeBERTa-v2 options flaxdistil does not compute: ConvLayer after the first layer (DeBERTa-v2
+# xlarge/xxlarge; the v3 models have none), a head width other than hidden / heads, a pooler of
+# another width (DebertaV2ForSequenceClassification then fails in transformers too).
+_DEBERTA_ABSENT = {"conv_kernel_size": 0}
+
+
+def _deberta_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
+    bad = [f"{k}={hf[k]!r}" for k, v in _DEBERTA_ABSENT.items() if hf.get(k, v) != v]
+    heads = hf.get("num_attention_heads", _DEBERTA_DEFAULTS["num_attention_heads"])
+    width = hf.get("hidden_size", _DEBERTA_DEFAULTS["hidden_size"])
+    if hf.get("attention_head_size", width // heads) != width // heads:
+        bad.append(f"attention_head_size={hf['attention_head_size']}")
+    if hf.get("pooler_hidden_size", width) != width:
+        bad.append(f"pooler_hidden_size={hf['pooler_hidden_size']}")
+    if bad:
+        raise ValueError(
+            f"DeBERTa-v2 with {', '.join(bad)}: flaxdistil computes no ConvLayer "
+            "(conv_kernel_size 0), heads of hidden_size / num_attention_heads and a pooler of "
+            "hidden_size, as the DeBERTa-v3 models have"
+        )
+    hf = _DEBERTA_DEFAULTS | hf | {"add_pooler": False}  # its only pooler is the classifier's
+    if hf.get("embedding_size") == hf["hidden_size"]:  # no embed_proj, as when it is absent
+        hf["embedding_size"] = None
+    kinds = hf.get("pos_att_type") or ()
+    if isinstance(kinds, str):  # "p2c|c2p" in the released config.json files
+        kinds = kinds.split("|")
+    hf["pos_att_type"] = tuple(k.strip().lower() for k in kinds)
+    return hf
+
+
+def _check_deberta_fields(cfg: ModelConfig) -> None:
+    unknown = [k for k in cfg.pos_att_type if k not in ("c2p", "p2c")]
+    norms = [k.strip() for k in cfg.norm_rel_ebd.lower().split("|")]
+    problems = []
+    if unknown:
+        problems.append(f"pos_att_type {cfg.pos_att_type} (expected of 'c2p', 'p2c')")
+    if set(norms) - {"layer_norm", "none"}:
+        problems.append(f"norm_rel_ebd {cfg.norm_rel_ebd!r} (expected 'layer_norm' or 'none')")
+    if not cfg.legacy and cfg.embed_dim != cfg.hidden_size:
+        # lm_predictions.lm_head decodes at hidden_size against the embedding_size table.
+        problems.append(
+            f"legacy=False with embedding_size {cfg.embed_dim} != hidden_size {cfg.hidden_size}"
+        )
+    if problems:
+        raise ValueError("unsupported DeBERTa-v2 config: " + "; ".join(problems))

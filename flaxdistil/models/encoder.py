@@ -1,5 +1,5 @@
-"""One encoder for BERT, RoBERTa (XLM-R, CamemBERT), DistilBERT, ELECTRA and ALBERT; layers
-stacked with nn.scan.
+"""One encoder for BERT, RoBERTa (XLM-R, CamemBERT), DistilBERT, ELECTRA, ALBERT, XLNet and
+DeBERTa-v2 (their attention in xlnet.py, deberta.py); layers stacked with nn.scan.
 
 The families share a post-LayerNorm transformer block and differ in the embeddings (RoBERTa's
 padding-offset positions, DistilBERT's missing token types and optional sinusoidal positions,
@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flaxdistil.models import xlnet
+from flaxdistil.models import deberta, xlnet
 from flaxdistil.models.config import ModelConfig
 
 ACTIVATIONS = {
@@ -212,7 +212,8 @@ class Layer(nn.Module):
     def __call__(self, carry, mask_BxT, *relative):
         """carry: the hidden states; XLNet's (content h, query g or None). relative: XLNet's
         (positions [P, D], segments [B, T], perm_mask, target_mapping, this layer's mems; each
-        but the positions may be None); nothing otherwise."""
+        but the positions may be None); DeBERTa's (relative embeddings [P, D],) with
+        relative_attention; nothing otherwise."""
         cfg = self.config
         h_BxTxD, g_BxMxD = carry if cfg.model_type == "xlnet" else (carry, None)
         drop = lambda y: nn.Dropout(cfg.hidden_dropout_prob)(y, deterministic=self.deterministic)
@@ -226,6 +227,15 @@ class Layer(nn.Module):
                 name="attention",
             )
             relative = (*relative[:3], g_BxMxD, *relative[3:])
+        elif cfg.model_type == "deberta-v2":  # einsum only too, see DisentangledSelfAttention
+            attention = deberta.DisentangledSelfAttention(
+                cfg,
+                self.dtype,
+                self.deterministic,
+                _want(self.output_attentions, "scores"),
+                self.output_qkv,
+                name="attention",
+            )
         else:
             attention = SelfAttention(
                 cfg,
@@ -300,9 +310,14 @@ class Encoder(nn.Module):
         if attention_mask_BxT is None:
             attention_mask_BxT = jnp.ones_like(input_ids_BxT)
         num_predict = None if target_mapping_BxMxT is None else target_mapping_BxMxT.shape[1]
-        carry, word = Embeddings(cfg, self.dtype, name="embeddings")(
-            input_ids_BxT, token_type_ids_BxT, not train, num_predict
-        )
+        if cfg.model_type == "deberta-v2":  # zeroes padding, so it takes the mask
+            carry, word = deberta.Embeddings(cfg, self.dtype, name="embeddings")(
+                input_ids_BxT, token_type_ids_BxT, attention_mask_BxT, not train
+            )
+        else:
+            carry, word = Embeddings(cfg, self.dtype, name="embeddings")(
+                input_ids_BxT, token_type_ids_BxT, not train, num_predict
+            )
         h_BxTxD = carry[0] if cfg.model_type == "xlnet" else carry
         layer_cls = Layer
         if self.remat is not None:
@@ -323,6 +338,8 @@ class Encoder(nn.Module):
                 cfg, input_ids_BxT.shape[1], token_type_ids_BxT, perm_mask_BxTxT,
                 target_mapping_BxMxT, mems_LxBxSxD, drop, self.dtype,
             )  # fmt: skip
+        elif cfg.model_type == "deberta-v2" and cfg.relative_attention:
+            relative = (deberta.RelativeEmbeddings(cfg, self.dtype, name="relative")(),)
         if self.scan_layers:
             # Everything is broadcast to every layer but the mems, one per layer.
             in_axes = (nn.broadcast,) * (1 + len(relative)) + (0,) * len(mems)

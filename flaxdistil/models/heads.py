@@ -35,8 +35,8 @@ from flaxdistil.models.encoder import Encoder, activation, dense, layer_norm, un
 
 def uses_pooler(cfg: ModelConfig, head: str | None) -> bool:
     """HF builds the pooler for the bare model and for BERT's and ALBERT's sequence classifiers
-    only; ELECTRA and XLNet have none."""
-    if not cfg.add_pooler or cfg.model_type in ("electra", "xlnet"):
+    only; ELECTRA, XLNet and DeBERTa (whose classifier pools on its own) have none."""
+    if not cfg.add_pooler or cfg.model_type in ("electra", "xlnet", "deberta-v2"):
         return False
     if head == "albert_pretraining":  # the sentence-order head reads it
         return True
@@ -47,8 +47,8 @@ def token_head_dropout(cfg: ModelConfig, head: str) -> float:
     """Dropout before the per-token heads, as each HF family has it (BERT/RoBERTa QA: none)."""
     if head == "qa" or cfg.model_type == "xlnet":  # BERT/RoBERTa QA, XLNet: none
         return cfg.qa_dropout if cfg.model_type == "distilbert" else 0.0
-    if cfg.model_type == "distilbert" or cfg.classifier_dropout is None:
-        return cfg.hidden_dropout_prob
+    if cfg.model_type in ("distilbert", "deberta-v2") or cfg.classifier_dropout is None:
+        return cfg.hidden_dropout_prob  # DeBERTa's cls_dropout is its sequence classifier's
     return cfg.classifier_dropout
 
 
@@ -127,7 +127,8 @@ class ClassificationHead(nn.Module):
     """BERT, ALBERT: dropout -> out on the pooled vector. RoBERTa: dropout -> dense -> tanh ->
     dropout -> out on <s>; ELECTRA the same with gelu (whatever hidden_act is); XLNet's sequence
     summary: dense -> tanh -> dropout -> out on the last token (XLNet pads on the left).
-    DistilBERT: dense (pre_classifier) -> ReLU -> dropout -> out on [CLS]."""
+    DeBERTa's ContextPooler: dropout (pooler_dropout) -> dense (pooler) -> pooler_hidden_act ->
+    dropout -> out on [CLS]. DistilBERT: dense (pre_classifier) -> ReLU -> dropout -> out."""
 
     config: ModelConfig
     dtype: jnp.dtype = jnp.float32
@@ -149,6 +150,12 @@ class ClassificationHead(nn.Module):
         elif cfg.arch in ("roberta", "electra"):
             act = jnp.tanh if cfg.arch == "roberta" else activation("gelu")
             x = drop(act(dense(cfg, cfg.hidden_size, "dense", self.dtype)(drop(h_BxTxD[:, 0]))))
+        elif cfg.arch == "deberta-v2":
+            x = nn.Dropout(cfg.pooler_dropout)(h_BxTxD[:, 0], deterministic=deterministic)
+            x = activation(cfg.pooler_hidden_act)(
+                dense(cfg, cfg.hidden_size, "pooler", self.dtype)(x)
+            )
+            x = drop(x)
         elif cfg.arch == "xlnet":
             x = drop(jnp.tanh(dense(cfg, cfg.hidden_size, "dense", self.dtype)(h_BxTxD[:, -1])))
         else:
