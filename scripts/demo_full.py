@@ -120,7 +120,9 @@ def main() -> None:
     ap.add_argument("--student_lr", type=float, help="override the students' learning rate")
     ap.add_argument("--reuse", action="store_true", help="skip phases that already finished")
     ap.add_argument("--smoke", action="store_true", help="4 steps per phase (plumbing check)")
+    runner.add_distributed_args(ap)
     args = ap.parse_args()
+    runner.initialize_distributed(vars(args))
     t_start = time.perf_counter()
     workdir = Path(args.workdir).resolve() / args.dataset
     cfgs = phase_configs(args, workdir)

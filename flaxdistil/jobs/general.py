@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flaxdistil import hf
+from flaxdistil import hf, sharding
 from flaxdistil import student as students
 from flaxdistil.data import tasks, text_pipeline, tfds_builders
 from flaxdistil.data.batching import Batches
@@ -130,6 +130,8 @@ def _finish(cfg, workdir, params, out, s_cfg, teacher, held_rows, obj, tokenizer
         stopped_early=out.early.should_stop,
         train_time_s=out.train_time_s,
     )
+    if not sharding.is_primary():  # process 0 alone exports and writes the results
+        return results
     if cfg.export.hf:
         dest = hf.save_pretrained(
             workdir / "student_hf", params, s_cfg, "mlm", tokenizer_from=tokenizer

@@ -17,7 +17,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from flaxdistil import evaluate, hf
+from flaxdistil import evaluate, hf, sharding
 from flaxdistil import student as students
 from flaxdistil.data import task_data
 from flaxdistil.data.batching import Batches
@@ -102,6 +102,8 @@ def run(cfg, workdir) -> dict:
         "test": test,
         "train_time_s": out.train_time_s,
     }
+    if not sharding.is_primary():  # process 0 alone exports and writes the results
+        return results
     if cfg.export.hf:
         results.update(_export(cfg, workdir, best, s_cfg, head, tokenizer, data, pad))
         common.save_projections(workdir / "projections.npz", out.state.proj)
