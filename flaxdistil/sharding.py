@@ -124,10 +124,11 @@ def initialize_distributed(
     """Start JAX's multi-controller runtime when this is one process of several.
 
     Explicit values (the scripts' --coordinator_address/--num_processes/--process_id, or the
-    JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID environment) win; without them a
-    multi-task SLURM job (or JAX_COORDINATOR_ADDRESS alone, e.g. Kubernetes with the
-    `kubernetes` package) is detected by jax.distributed itself. A single process starts nothing.
-    Cross-process collectives on CPU use gloo, jax's default."""
+    JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID environment) win; in a SLURM job
+    of several tasks jax.distributed fills in what is missing from SLURM's variables. A single
+    process starts nothing (Kubernetes and Open MPI are not guessed: any pod has Kubernetes'
+    variables, so pass the values there)."""
+    # Cross-process collectives on CPU: gloo, jax's default.
     num_processes = _env_int("JAX_NUM_PROCESSES") if num_processes is None else num_processes
     process_id = _env_int("JAX_PROCESS_ID") if process_id is None else process_id
     address = coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS")
