@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # configs/ imports
 
 import numpy as np  # noqa: E402
 
-from flaxdistil import hf, runner  # noqa: E402
+from flaxdistil import hf, runner, sharding  # noqa: E402
 from flaxdistil.jobs import task  # noqa: E402
 from flaxdistil.models import inference_fn  # noqa: E402
 
@@ -134,6 +134,8 @@ def main() -> None:
         # A reused phase counts with the wall time it took when it ran.
         phase_time[name] = max(time.perf_counter() - t0, results[name]["wall_time_s"])
 
+    if not sharding.is_primary():  # multi-host: process 0 measures and writes the table
+        return
     print("\n=== [4/4] latency at batch 1 and the table ===", flush=True)
     from transformers import AutoTokenizer
 

@@ -10,6 +10,7 @@ restart resumes exactly (same process count: the same reductions, bit-identical)
 with one process on 4 devices continues the same run to float tolerance (the data position is
 global)."""
 
+import itertools
 import os
 import shutil
 import signal
@@ -26,6 +27,7 @@ from tests.test_distill_job import LEAN, ROOT, STEPS, once, read_csv, save_tiny
 
 # The subprocess tests are marked slow: ~4 tiny runs, minutes on a shared 2-core CPU.
 CACHE = Path(os.environ.get("FLAXDISTIL_TEST_JAX_CACHE", "/tmp/flaxdistil-test-jax-cache"))
+LAUNCHES = itertools.count()  # names each launch's logs (a restart keeps the killed run's)
 DEVICES = 4  # in all: 2 processes x 2, or 1 x 4
 FLAGS = [
     f"--config.train.steps={STEPS}",
@@ -79,9 +81,9 @@ def commands(workdir: Path, teacher: Path, processes: int) -> list[tuple[list[st
 def start(workdir, teacher, processes) -> list[subprocess.Popen]:
     """The processes of one run, their output in files beside ``workdir`` (a pipe nobody reads
     while they run would fill up and block them)."""
-    procs = []
+    procs, launch = [], next(LAUNCHES)
     for i, (cmd, e) in enumerate(commands(workdir, teacher, processes)):
-        log = workdir.parent / f"{workdir.name}.{len(procs)}.{i}.log"
+        log = workdir.parent / f"{workdir.name}.launch{launch}.p{i}.log"
         with log.open("w") as f:
             p = subprocess.Popen(cmd, env=e, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
         p.log = log

@@ -102,13 +102,14 @@ def run(cfg, workdir) -> dict:
         "test": test,
         "train_time_s": out.train_time_s,
     }
-    if not sharding.is_primary():  # process 0 alone exports and writes the results
-        return results
-    if cfg.export.hf:
+    primary = sharding.is_primary()  # process 0 alone exports and writes the results
+    if cfg.export.hf and primary:
         results.update(_export(cfg, workdir, best, s_cfg, head, tokenizer, data, pad))
         common.save_projections(workdir / "projections.npz", out.state.proj)
     results["wall_time_s"] = time.perf_counter() - t_begin
-    (workdir / "results.json").write_text(json.dumps(results, indent=2))
+    if primary:
+        (workdir / "results.json").write_text(json.dumps(results, indent=2))
+    sharding.barrier("task job: outputs written")  # what runs next may read them
     return results
 
 
