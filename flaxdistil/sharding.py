@@ -138,6 +138,10 @@ def initialize_distributed(
         return
     try:
         jax.distributed.initialize(address, num_processes, process_id)
+        # The first collective over all devices sets up the cross-process (gloo) context, which
+        # gives up after 30 s if a process is late; here, just after initialize's rendezvous, all
+        # arrive together. Later collectives wait for a slow process (one still compiling).
+        barrier("flaxdistil: distributed runtime started")
     except (RuntimeError, ValueError, TypeError) as e:
         raise ValueError(
             f"jax.distributed.initialize(coordinator_address={address!r}, num_processes="
