@@ -116,7 +116,7 @@ class Loop:
         """Train ``engine`` (jobs.common.Engine: state, compiled step, teacher params, hparams,
         mesh) on ``batches`` to the total step count, from the last checkpoint if there is one."""
         step_fn, mesh, t_params, hparams = (
-            engine.step_fn,
+            sharding.compile_together(engine.step_fn),
             engine.mesh,
             engine.teacher_params,
             engine.hparams,

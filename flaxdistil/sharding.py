@@ -93,6 +93,26 @@ def barrier(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
+def compile_together(jitted):
+    """Multi-host: ``jitted`` compiled ahead for each new input signature, then a barrier, then
+    run. Each compiled program sets up its own cross-process (gloo) context at its first run and
+    gives up after 30 s if a process is late; compile times differ between processes, so without
+    the barrier a slow compile elsewhere kills the run."""
+    if jax.process_count() == 1:
+        return jitted
+    compiled = {}
+
+    def call(*args):
+        leaves, treedef = jax.tree.flatten(args)
+        key = (treedef, tuple((np.shape(x), getattr(x, "dtype", type(x))) for x in leaves))
+        if key not in compiled:
+            compiled[key] = jitted.lower(*args).compile()
+            barrier("compiled: first run of a new program")
+        return compiled[key](*args)
+
+    return call
+
+
 def to_host(tree):
     """NumPy copies of a pytree of global arrays on every process, gathering the shards other
     processes hold (fsdp over hosts); replicated and host-local arrays are read in place."""
