@@ -143,6 +143,10 @@ def compare(cfg, workdir, entries: list[Entry] | None = None) -> list[dict]:
         results = task.run(c, workdir / e.name)
         rows.append(summary_row(e, results))
         curves[e.name] = read_curve(workdir / e.name / "eval.csv", metric)
+    from flaxdistil import sharding
+
+    if not sharding.is_primary():  # multi-host: process 0 writes the report
+        return rows
     paths = write_report(rows, curves, workdir, metric)
     print(format_rows(rows), flush=True)
     print("wrote " + ", ".join(str(p) for p in paths), flush=True)

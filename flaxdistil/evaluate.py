@@ -67,14 +67,21 @@ def evaluate_task(forward, params, data, split: str, *, batch_size: int = 64, pa
     return {"loss": loss, **metrics.compute(task, preds, labels, data.spec.label_names)}
 
 
+# model and objective static (both hashable): one compilation per shape for the whole run, not
+# one per evaluation as a fresh jit(lambda) each call would make.
+_mlm_eval_step = jax.jit(
+    lambda p, b, r, model, obj: train.mlm_eval_step(p, b, r, model=model, obj=obj),
+    static_argnums=(3, 4),
+)
+
+
 def evaluate_mlm(model: Model, params, encoded, obj, batch_size: int, pad_id: int) -> dict:
     """Held-out MLM loss / accuracy / perplexity with masks fixed by a seed per batch, so every
     model scored on the same data sees identical corruptions."""
-    step = jax.jit(lambda p, b, r: train.mlm_eval_step(p, b, r, model=model, obj=obj))
     tot = {"nll_sum": 0.0, "hits": 0, "count": 0}
     for i, (_, batch) in enumerate(eval_batches(encoded, batch_size, pad_id, pad_multiple=32)):
         batch = {k: batch[k] for k in ("input_ids", "attention_mask")}
-        out = jax.device_get(step(params, batch, jax.random.key(10_000 + i)))
+        out = jax.device_get(_mlm_eval_step(params, batch, jax.random.key(10_000 + i), model, obj))
         for k in tot:
             tot[k] += float(out[k])
     loss = tot["nll_sum"] / max(tot["count"], 1)

@@ -15,21 +15,27 @@ class NonFiniteLoss(RuntimeError):
 
 
 class MetricsLogger:
-    """Appends rows to ``<workdir>/<name>.csv`` (resume keeps earlier rows) and TensorBoard."""
+    """Appends rows to ``<workdir>/<name>.csv`` (resume keeps earlier rows) and TensorBoard;
+    ``active=False`` (every process but the first of a multi-host run) writes nothing."""
 
-    def __init__(self, workdir, name: str = "train", tensorboard: bool = True):
+    def __init__(self, workdir, name: str = "train", tensorboard: bool = True, active=True):
         self.path = Path(workdir) / f"{name}.csv"
         self.fields: list[str] | None = None
+        self.active = active
+        self.tb = None
+        if not active:
+            return
         if self.path.exists():
             with self.path.open() as f:
                 self.fields = next(csv.reader(f), None)
-        self.tb = None
         if tensorboard:
             from tensorboardX import SummaryWriter
 
             self.tb = SummaryWriter(str(Path(workdir) / "tb" / name))
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.active:
+            return
         row = {"step": step, **metrics}
         if self.fields is None:
             self.fields = list(row)
@@ -43,7 +49,7 @@ class MetricsLogger:
 
     def truncate_after(self, step: int) -> None:
         """On resume, drop rows logged after the checkpoint (they will be produced again)."""
-        if not self.path.exists():
+        if not self.active or not self.path.exists():
             return
         with self.path.open() as f:
             rows = list(csv.reader(f))
@@ -70,11 +76,12 @@ def check_finite(step: int, metrics: dict[str, float]) -> None:
 class Progress:
     """tqdm bar with steps/s, tokens/s, the loss terms and ETA."""
 
-    def __init__(self, total: int, initial: int, desc: str):
+    def __init__(self, total: int, initial: int, desc: str, disable: bool = False):
         self.bar = tqdm(
             total=total,
             initial=initial,
             desc=desc,
+            disable=disable,
             dynamic_ncols=True,
             mininterval=1.0,
             smoothing=0.1,

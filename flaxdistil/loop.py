@@ -7,6 +7,11 @@ stopping with patience, the best params kept (``<workdir>/best``), orbax checkpo
 state + data position + early-stopping state every ``train.checkpoint_every`` steps and at the
 end (``<workdir>/checkpoints``), exact resume from them, and a stop with one clear line on a
 non-finite loss that never saves the bad state.
+
+Multi-host: every process runs the loop in lockstep on its share of each global batch; process 0
+alone writes the CSVs, TensorBoard and the progress bar, all processes take part in the orbax
+saves (orbax writes each replicated array once). The checkpointed data position is global, so a
+run resumes with the same or a different number of processes.
 """
 
 from __future__ import annotations
@@ -72,11 +77,12 @@ class Outcome:
     train_time_s: float
 
     def best_params(self, template):
-        """The params of the best eval (the last state's when nothing was evaluated)."""
+        """NumPy params of the best eval (the last state's when nothing was evaluated), the same
+        on every process."""
         if self.best.latest_step() is None:
-            return self.state.params
+            return sharding.to_host(self.state.params)
         params, _ = self.best.restore(template)
-        return params
+        return sharding.to_host(params)
 
 
 class Loop:
@@ -94,29 +100,32 @@ class Loop:
             desc,
         )
         self.last = Checkpointer(self.workdir / "checkpoints", every=0, keep=2)
-        if self.last.latest_step() is None:  # a fresh run: old outputs would pass for this run's
+        self.primary = sharding.is_primary()
+        if self.last.latest_step() is None and self.primary:  # old outputs would pass for ours
             for stale in STALE:
                 path = self.workdir / stale
                 shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        sharding.barrier("loop: stale outputs removed")  # before another process opens best/
         self.best = Checkpointer(self.workdir / "best", every=0, keep=1)
         self.early = EarlyStopping(self.e.metric, self.e.mode, self.e.patience, self.e.min_delta)
-        self.train_log = MetricsLogger(self.workdir, "train")
-        self.eval_log = MetricsLogger(self.workdir, "eval")
+        self.train_log = MetricsLogger(self.workdir, "train", active=self.primary)
+        self.eval_log = MetricsLogger(self.workdir, "eval", active=self.primary)
         self.elapsed0, self.evals = 0.0, 0
 
     def run(self, engine, batches, token_weights=None) -> Outcome:
         """Train ``engine`` (jobs.common.Engine: state, compiled step, teacher params, hparams,
         mesh) on ``batches`` to the total step count, from the last checkpoint if there is one."""
         step_fn, mesh, t_params, hparams = (
-            engine.step_fn,
+            sharding.compile_together(engine.step_fn),
             engine.mesh,
             engine.teacher_params,
             engine.hparams,
         )
         rng = jax.random.key(self.t.seed)
+        batches.select_rows(*sharding.process_rows(mesh, batches.batch_size))
         state, start = self._maybe_resume(engine.state, batches)
         self.t0 = time.perf_counter() - self.elapsed0
-        self.bar = Progress(self.total, start, self.desc)
+        self.bar = Progress(self.total, start, self.desc, disable=not self.primary)
         pending, step = None, start
         try:
             while step < self.total and not self.early.should_stop:
@@ -161,7 +170,8 @@ class Loop:
         self.elapsed0, self.evals = pos["elapsed"], pos["evals"]
         for log in (self.train_log, self.eval_log):
             log.truncate_after(step)
-        print(f"resumed from step {step} in {self.workdir}", flush=True)
+        if self.primary:
+            print(f"resumed from step {step} in {self.workdir}", flush=True)
         return state, step
 
     def _save(self, step: int, state, batches) -> None:
@@ -196,6 +206,8 @@ class Loop:
         self.eval_log.write(step, row)
         if improved:
             self.best.save(step, state.params, {"step": step, "validation": m}, force=True)
+        if not self.primary:
+            return
         mark = " *" if improved else ""
         shown = "  ".join(f"{k} {v:.4f}" for k, v in m.items() if isinstance(v, float))
         self.bar.bar.write(

@@ -1,9 +1,12 @@
 """One runner for every config-driven script, and one way for every script to report mistakes.
 
     python scripts/X.py --config configs/NAME.py[:ARG] --workdir DIR [--config.a.b=VALUE ...]
+        [--coordinator_address=HOST:PORT --num_processes=N --process_id=I]
 
 ``run(job)`` parses that command line, loads the config file's ``get_config([ARG])``, applies
-the overrides (typed by the field's current value; lists and dicts as Python literals), and calls
+the overrides (typed by the field's current value; lists and dicts as Python literals), starts
+JAX's multi-host runtime when the last three flags (or the cluster environment, see
+``sharding.initialize_distributed``) say this is one process of several, and calls
 ``job(config, workdir)``. Every error a user can cause ends in one ``error: ...`` line naming
 what was expected and what was found, and exit status 1 (FLAXDISTIL_DEBUG=1 shows the traceback).
 """
@@ -174,9 +177,46 @@ def apply_override(cfg, key: str, raw: str) -> None:
 # ---------------------------------------------------------------- the command line
 
 
+# jax.distributed.initialize's own argument names; every script takes them.
+DISTRIBUTED_FLAGS = ("coordinator_address", "num_processes", "process_id")
+
+
+def distributed_args(values: dict) -> dict:
+    """The DISTRIBUTED_FLAGS among ``values`` (strings or None), typed for jax.distributed."""
+    out = {"coordinator_address": values.get("coordinator_address") or None}
+    for name in ("num_processes", "process_id"):
+        raw = values.get(name)
+        if raw is None or raw == "":
+            out[name] = None
+            continue
+        if not str(raw).isdigit():
+            raise UsageError(f"--{name} expects a non-negative integer, got {raw!r}")
+        out[name] = int(raw)
+    if out["num_processes"] is not None and out["num_processes"] < 1:
+        raise UsageError("--num_processes must be at least 1")
+    n, i = out["num_processes"], out["process_id"]
+    if n is not None and i is not None and i >= n:
+        raise UsageError(f"--process_id {i} is out of range for --num_processes {n} (0..{n - 1})")
+    return out
+
+
+def add_distributed_args(ap: argparse.ArgumentParser) -> None:
+    """The DISTRIBUTED_FLAGS for a script that parses its own command line (then call
+    ``initialize_distributed(vars(args))``)."""
+    for name in DISTRIBUTED_FLAGS:
+        ap.add_argument(f"--{name}", help="multi-host: jax.distributed.initialize's " + name)
+
+
+def initialize_distributed(values: dict) -> None:
+    from flaxdistil import sharding
+
+    sharding.initialize_distributed(**distributed_args(values))
+
+
 def parse(argv: list[str], flags: dict | None = None, need_workdir: bool = True):
-    """(config, workdir, {flag: value}) from ``argv`` (without the program name)."""
-    flags = dict(flags or {})
+    """(config, workdir, {flag: value}) from ``argv`` (without the program name); the
+    DISTRIBUTED_FLAGS are in the dict too (None when not given)."""
+    flags = {**dict.fromkeys(DISTRIBUTED_FLAGS), **(flags or {})}
     values = {"config": None, "workdir": None, **flags}
     overrides = []
     it = iter(argv)
@@ -211,12 +251,10 @@ def run(job, argv: list[str] | None = None, flags: dict | None = None):
     """Parse, then ``job(cfg, workdir, **flags)`` under user_errors(); returns its result."""
     argv = sys.argv[1:] if argv is None else argv
     with user_errors():
-        from flaxdistil import sharding
-
         cfg, workdir, extra = parse(argv, flags)
-        sharding.maybe_initialize_distributed()
+        initialize_distributed(extra)  # before any JAX computation
         check_workdir(workdir)
-        return job(cfg, workdir, **extra)
+        return job(cfg, workdir, **{k: v for k, v in extra.items() if k not in DISTRIBUTED_FLAGS})
 
 
 def check_workdir(workdir) -> None:

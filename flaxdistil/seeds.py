@@ -32,7 +32,10 @@ def run_seeds(job, cfg, workdir, seeds) -> dict:
         runs.append(job(c, out))
     summary = {"seeds": list(map(int, seeds)), "runs": runs, "test": summarize(runs)}
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "seeds.json").write_text(json.dumps(summary, indent=2))
+    from flaxdistil import sharding
+
+    if sharding.is_primary():  # multi-host: process 0 writes
+        (workdir / "seeds.json").write_text(json.dumps(summary, indent=2))
     for k, (mean, std) in summary["test"].items():
         print(f"test {k}: {mean:.4f} +- {std:.4f} over {len(runs)} seeds", flush=True)
     return summary

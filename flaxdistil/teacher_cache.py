@@ -259,11 +259,11 @@ class CachedBatches(Batches):
         self.caches = caches
 
     def make_batch(self, indices):
-        batch = super().make_batch(indices)
-        width = batch["input_ids"].shape[1]
+        batch = super().make_batch(indices)  # this process's rows (select_rows) of the batch
+        width, mine = batch["input_ids"].shape[1], indices[slice(*self.rows)]
         for k, cache in enumerate(self.caches):
             for name in cache.names:
-                batch[objective.batch_key(k, name)] = cache.rows(name, indices, width)
+                batch[objective.batch_key(k, name)] = cache.rows(name, mine, width)
         return batch
 
 

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # configs/ imports
 
 import numpy as np  # noqa: E402
 
-from flaxdistil import hf, runner  # noqa: E402
+from flaxdistil import hf, runner, sharding  # noqa: E402
 from flaxdistil.jobs import task  # noqa: E402
 from flaxdistil.models import inference_fn  # noqa: E402
 
@@ -120,7 +120,9 @@ def main() -> None:
     ap.add_argument("--student_lr", type=float, help="override the students' learning rate")
     ap.add_argument("--reuse", action="store_true", help="skip phases that already finished")
     ap.add_argument("--smoke", action="store_true", help="4 steps per phase (plumbing check)")
+    runner.add_distributed_args(ap)
     args = ap.parse_args()
+    runner.initialize_distributed(vars(args))
     t_start = time.perf_counter()
     workdir = Path(args.workdir).resolve() / args.dataset
     cfgs = phase_configs(args, workdir)
@@ -132,6 +134,8 @@ def main() -> None:
         # A reused phase counts with the wall time it took when it ran.
         phase_time[name] = max(time.perf_counter() - t0, results[name]["wall_time_s"])
 
+    if not sharding.is_primary():  # multi-host: process 0 measures and writes the table
+        return
     print("\n=== [4/4] latency at batch 1 and the table ===", flush=True)
     from transformers import AutoTokenizer
 

@@ -16,12 +16,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flaxdistil import assets, runner  # noqa: E402
+from flaxdistil import assets, runner, sharding  # noqa: E402
 from flaxdistil.jobs import general  # noqa: E402
 
 
 def fit_and_install(cfg, workdir, install_to):
     results = general.run(cfg, workdir)
+    if not sharding.is_primary():  # multi-host: process 0 installs
+        return
     dest = Path(install_to)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".teacher-", dir=dest.parent))

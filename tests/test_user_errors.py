@@ -73,6 +73,16 @@ CASES = {
     "number expected": distill("--config.train.steps=abc", expect=["train.steps", "'abc'"]),
     "unknown flag": distill("--steps=3", expect=["unknown flag --steps", "--workdir"]),
     "missing --workdir": Case(DISTILL, ("--config", TINY), ("missing --workdir",)),
+    # ---- multi-host flags
+    "process count not a number": distill(
+        "--num_processes=two", expect=["--num_processes", "'two'"]
+    ),
+    "process id out of range": distill(
+        "--num_processes=2", "--process_id=2", expect=["--process_id 2", "0..1"]
+    ),
+    "several processes without a coordinator": distill(
+        "--num_processes=2", "--process_id=0", expect=["coordinator_address", "failed"]
+    ),
     "workdir is a file": Case(
         DISTILL, ("--config", TINY, "--workdir", "{A}/a_file.txt"), ("a_file.txt", "directory")
     ),

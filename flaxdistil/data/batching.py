@@ -11,15 +11,18 @@ Training drops an epoch's last partial batch (``drop_last=True``): every batch t
 ``batch_size`` rows, which a data-parallel mesh needs. Evaluation (``eval_batches``) sees every
 row once, in length order, the last batch filled with empty rows so the shape holds.
 
-The position is ``state_dict() -> {'epoch', 'index', 'seed'}``; after ``load_state_dict`` the
-iterator yields exactly the batches it would have yielded.
+Multi-host: every process plans the same global batches; ``select_rows(start, stop)`` makes the
+iterator yield only rows [start, stop) of each, padded to the global batch's width, so each process
+materialises its share and the global batch is the same whatever the process count. The position
+is global too: ``state_dict() -> {'epoch', 'index', 'seed'}``; after ``load_state_dict`` the
+iterator yields exactly the batches it would have yielded, with any number of processes.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from flaxdistil.data.tasks import Encoded, collate
+from flaxdistil.data.tasks import Encoded, collate, padded_width
 
 
 def fill_rows(batch: dict, rows: int, pad_id: int, token_level: bool) -> dict:
@@ -56,6 +59,7 @@ class Batches:
         self.pad_id, self.pad_multiple = pad_id, pad_multiple
         self.group_batches = group_batches if group_by_length else 0
         self.epoch = self.index = 0
+        self.rows = (0, batch_size)
         self._plan_epoch: int | None = None
         self._plan: np.ndarray | None = None
 
@@ -76,8 +80,17 @@ class Batches:
             self._plan, self._plan_epoch = plan[rng.permutation(len(plan))], epoch
         return self._plan
 
+    def select_rows(self, start: int, stop: int) -> None:
+        """Yield rows [start, stop) of every global batch (this process's share)."""
+        if not 0 <= start < stop <= self.batch_size:
+            raise ValueError(f"rows [{start}, {stop}) are not within a batch of {self.batch_size}")
+        self.rows = (start, stop)
+
     def make_batch(self, indices: np.ndarray) -> dict[str, np.ndarray]:
-        return collate(self.encoded, indices, self.pad_id, self.pad_multiple)
+        """The selected rows of the global batch ``indices``, padded as the whole batch is."""
+        width = padded_width(self.encoded.lengths[indices], self.pad_multiple)
+        start, stop = self.rows
+        return collate(self.encoded, indices[start:stop], self.pad_id, self.pad_multiple, width)
 
     def __iter__(self):
         return self

@@ -17,6 +17,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -458,7 +459,7 @@ class Encoded:
 
     def save(self, path: Path) -> None:
         # Write then rename, so an interrupted run never leaves a truncated cache entry.
-        tmp = path.with_name(path.name + ".tmp.npz")
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp.npz")  # processes may race
         np.savez(tmp, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
         tmp.replace(path)
 
@@ -562,11 +563,19 @@ def encode(
 # --- batching ------------------------------------------------------------------------------
 
 
-def collate(encoded: Encoded, idx: np.ndarray, pad_id: int = 0, pad_multiple: int = 32) -> dict:
-    """Rows idx padded to the longest row rounded up to pad_multiple: a few distinct widths
-    keep jit recompilations bounded while short batches stay cheap."""
-    offsets, lengths = encoded.offsets, encoded.lengths[idx]
-    width = max(pad_multiple, -(-int(lengths.max()) // pad_multiple) * pad_multiple)
+def padded_width(lengths: np.ndarray, pad_multiple: int) -> int:
+    """The longest of ``lengths`` rounded up to pad_multiple: a few distinct widths keep jit
+    recompilations bounded while short batches stay cheap."""
+    return max(pad_multiple, -(-int(lengths.max()) // pad_multiple) * pad_multiple)
+
+
+def collate(
+    encoded: Encoded, idx: np.ndarray, pad_id: int = 0, pad_multiple: int = 32, width=None
+) -> dict:
+    """Rows idx padded to ``width`` (default ``padded_width`` of their lengths; a process that
+    builds its share of a global batch passes the global batch's)."""
+    offsets = encoded.offsets
+    width = padded_width(encoded.lengths[idx], pad_multiple) if width is None else width
     ids_BxL = np.full((len(idx), width), pad_id, np.int32)
     types_BxL = np.zeros((len(idx), width), np.int32)
     mask_BxL = np.zeros((len(idx), width), np.int32)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -135,7 +136,7 @@ def save_sequences(path: str | Path, sequences: Sequence[np.ndarray]) -> None:
     lengths = np.array([len(s) for s in sequences], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     flat = np.concatenate(sequences).astype(np.int32) if sequences else np.zeros(0, np.int32)
-    tmp = path.with_suffix(".tmp.npz")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")  # processes may race
     np.savez(tmp, ids=flat, offsets=offsets)
     tmp.replace(path)
 

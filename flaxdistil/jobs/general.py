@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flaxdistil import hf, teachers
+from flaxdistil import hf, sharding, teachers
 from flaxdistil import student as students
 from flaxdistil.data import tasks, text_pipeline, tfds_builders
 from flaxdistil.evaluate import evaluate_mlm
@@ -129,12 +129,14 @@ def _finish(cfg, workdir, params, out, s_cfg, teacher, held_rows, obj, tokenizer
         stopped_early=out.early.should_stop,
         train_time_s=out.train_time_s,
     )
-    if cfg.export.hf:
-        dest = hf.save_pretrained(
-            workdir / "student_hf", params, s_cfg, "mlm", tokenizer_from=tokenizer
-        )
-        common.save_projections(workdir / "projections.npz", out.state.proj)
-        results["exported_to"] = str(dest)
-        print(f"student exported to {dest}", flush=True)
-    (workdir / "results.json").write_text(json.dumps(results, indent=2))
+    if sharding.is_primary():  # process 0 alone exports and writes the results
+        if cfg.export.hf:
+            dest = hf.save_pretrained(
+                workdir / "student_hf", params, s_cfg, "mlm", tokenizer_from=tokenizer
+            )
+            common.save_projections(workdir / "projections.npz", out.state.proj)
+            results["exported_to"] = str(dest)
+            print(f"student exported to {dest}", flush=True)
+        (workdir / "results.json").write_text(json.dumps(results, indent=2))
+    sharding.barrier("general job: outputs written")  # what runs next may read them
     return results

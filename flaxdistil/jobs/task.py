@@ -18,7 +18,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from flaxdistil import evaluate, hf, prune
+from flaxdistil import evaluate, hf, prune, sharding
 from flaxdistil import student as students
 from flaxdistil import teachers as teachers_
 from flaxdistil.data import task_data
@@ -105,13 +105,16 @@ def run(cfg, workdir) -> dict:
         "test": test,
         "train_time_s": out.train_time_s,
     }
+    primary = sharding.is_primary()  # process 0 alone exports and writes the results
     if cfg.prune.sparsity:
         results.update(_pruned(cfg, best, total, out.early.best_step))
-    if cfg.export.hf:
+    if cfg.export.hf and primary:
         results.update(_export(cfg, workdir, best, s_cfg, head, tokenizer, data, pad))
         common.save_projections(workdir / "projections.npz", out.state.proj)
     results["wall_time_s"] = time.perf_counter() - t_begin
-    (workdir / "results.json").write_text(json.dumps(results, indent=2))
+    if primary:
+        (workdir / "results.json").write_text(json.dumps(results, indent=2))
+    sharding.barrier("task job: outputs written")  # what runs next may read them
     return results
 
 
