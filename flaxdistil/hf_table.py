@@ -97,6 +97,17 @@ BACKBONE = {
         ("encoder/embeddings/mask_emb", "mask_emb", "param"),
     ]
     + _XLNET_LAYER,
+    "modernbert": [
+        ("encoder/embeddings/tok_embeddings", "embeddings.tok_embeddings", "embed"),
+        ("encoder/embeddings/norm", "embeddings.norm", "norm"),
+        ("encoder/layer/attn_norm", "layers.{i}.attn_norm", "norm"),
+        ("encoder/layer/attn/Wqkv", "layers.{i}.attn.Wqkv", "dense"),
+        ("encoder/layer/attn/Wo", "layers.{i}.attn.Wo", "dense"),
+        ("encoder/layer/mlp_norm", "layers.{i}.mlp_norm", "norm"),
+        ("encoder/layer/mlp/Wi", "layers.{i}.mlp.Wi", "dense"),
+        ("encoder/layer/mlp/Wo", "layers.{i}.mlp.Wo", "dense"),
+        ("encoder/final_norm", "final_norm", "norm"),
+    ],
 }
 
 _TOKEN_CLS = [("classifier", "classifier", "dense")]
@@ -154,6 +165,19 @@ HEAD = {
     **{(f, "qa"): _QA for f in BACKBONE},
 }
 
+# ModernBERT's heads all pass through "head" (dense, act, norm); the classifiers are "classifier".
+_MODERNBERT_CLS = [
+    ("classifier/head/dense", "head.dense", "dense"),
+    ("classifier/head/norm", "head.norm", "norm"),
+    ("classifier/out", "classifier", "dense"),
+]
+HEAD |= {("modernbert", h): _MODERNBERT_CLS for h in ("seq_cls", "token_cls", "qa")}
+HEAD["modernbert", "mlm"] = [
+    ("mlm/head/dense", "head.dense", "dense"),
+    ("mlm/head/norm", "head.norm", "norm"),
+    ("mlm/bias", "decoder.bias", "param"),
+]
+
 # AlbertForPreTraining: the MLM head and the sentence-order classifier on the pooler.
 HEAD["albert", "albert_pretraining"] = HEAD["albert", "mlm"] + [
     ("sop_classifier/out", "sop_classifier.classifier", "dense")
@@ -177,6 +201,7 @@ TIED = {
         "predictions.decoder.bias": "predictions.bias",
     },
     "xlnet": {"lm_loss.weight": "word_embedding.weight"},
+    "modernbert": {"decoder.weight": "embeddings.tok_embeddings.weight"},
 }
 BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids")
 
@@ -190,6 +215,7 @@ HEAD_NAMESPACES = {
     "albert": ("predictions.", "sop_classifier.", "classifier.", "qa_outputs.", "pooler."),
     "xlnet": ("lm_loss.", "sequence_summary.", "logits_proj.", "classifier.", "qa_outputs.")
     + ("start_logits.", "end_logits.", "answer_class."),  # XLNetForQuestionAnswering's beam heads
+    "modernbert": ("head.", "decoder.", "classifier."),
 }
 
 # Families that run another's code use its rows, under their own model_type.
@@ -199,7 +225,21 @@ for _family, _base in SAME_AS.items():
     HEAD.update({(_family, h): r for (f, h), r in list(HEAD.items()) if f == _base})
 
 # The module name HF's task models keep the backbone under.
-PREFIX = {f: SAME_AS.get(f, f) for f in FAMILIES} | {"xlnet": "transformer"}
+PREFIX = {f: SAME_AS.get(f, f) for f in FAMILIES} | {"xlnet": "transformer", "modernbert": "model"}
+
+
+def absent_in_hf(cfg) -> set[str]:
+    """Keys (without PREFIX) of our stacked layers that HF does not have: ModernBERT's identity
+    attn_norms (its layer 0's). Loading fills them with an identity LayerNorm's values, which
+    the layer ignores; export leaves them out."""
+    if cfg.model_type != "modernbert":
+        return set()
+    return {
+        f"layers.{i}.attn_norm.{leaf}"
+        for i in cfg.identity_attn_norm_layers
+        for leaf in ("weight", "bias")
+    }
+
 
 # transformers' class names: f"{CLASS_PREFIX}{suffix}".
 _CLASS_PREFIX = {
@@ -211,6 +251,7 @@ _CLASS_PREFIX = {
     "electra": "Electra",
     "albert": "Albert",
     "xlnet": "XLNet",
+    "modernbert": "ModernBert",
 }
 _CLASS_SUFFIX = {
     None: "Model",

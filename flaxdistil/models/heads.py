@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from flaxdistil import xla_cpu
+from flaxdistil.models import modernbert
 from flaxdistil.models.config import FAMILY_HEADS, HEADS, ModelConfig
 from flaxdistil.models.encoder import Encoder, activation, dense, layer_norm, unstack_layers
 
@@ -36,7 +37,7 @@ from flaxdistil.models.encoder import Encoder, activation, dense, layer_norm, un
 def uses_pooler(cfg: ModelConfig, head: str | None) -> bool:
     """HF builds the pooler for the bare model and for BERT's and ALBERT's sequence classifiers
     only; ELECTRA and XLNet have none."""
-    if not cfg.add_pooler or cfg.model_type in ("electra", "xlnet"):
+    if not cfg.add_pooler or cfg.model_type in ("electra", "xlnet", "modernbert"):
         return False
     if head == "albert_pretraining":  # the sentence-order head reads it
         return True
@@ -216,7 +217,8 @@ class Model(nn.Module):
     ):
         cfg, head = self.config, self.head
         _check_inputs(cfg, head, (perm_mask, target_mapping, mems))
-        last, aux = Encoder(
+        encoder_cls = modernbert.Encoder if cfg.model_type == "modernbert" else Encoder
+        last, aux = encoder_cls(
             cfg,
             self.dtype,
             uses_pooler(cfg, head),
@@ -240,6 +242,11 @@ class Model(nn.Module):
         deterministic = not train
         if head is None:
             logits = None
+        elif cfg.model_type == "modernbert":
+            name = "mlm" if head == "mlm" else "classifier"
+            logits = modernbert.Head(cfg, head, self.dtype, name=name)(
+                last, word, attention_mask, masked_positions, deterministic
+            )
         elif head == "mlm":
             logits = MLMHead(cfg, self.dtype, name="mlm")(
                 gather_masked(last, masked_positions), word
