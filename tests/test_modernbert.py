@@ -7,6 +7,7 @@ order (any slicing), the slicings transformers cannot rebuild refused, a few dis
 """
 
 import json
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -283,3 +284,38 @@ def test_task_and_general_distillation(tmp_path):
     seen = _distil(teacher, "mlm", obj, {"input_ids": ids, "attention_mask": mask})
     assert all(np.isfinite(v) for m in seen for v in m.values())
     assert seen[0]["masked_tokens"] > 0 and seen[-1]["loss"] < seen[0]["loss"]
+
+
+def test_general_job_exports_a_student_and_refuses_one_early(tmp_path):
+    """scripts/distill.py with a ModernBERT teacher (the MiniLM tokenizer's vocabulary): every
+    other layer distils and exports as a ModernBertForMaskedLM; layers 1 and 3 (no identity
+    attn_norm first) stop with one line before training."""
+    import subprocess
+
+    from flaxdistil import assets
+
+    from .test_distill_job import ENV, command
+
+    teacher = tmp_path / "teacher"
+    make("mlm", vocab_size=30522, cls_token_id=101, sep_token_id=102, bos_token_id=101,
+         eos_token_id=102).save_pretrained(teacher)  # fmt: skip
+    transformers.AutoTokenizer.from_pretrained(assets.minilm_dir()).save_pretrained(teacher)
+    runs = {
+        "ok": command(tmp_path / "ok", teacher, "--config.export.hf=True"),
+        "refused": command(tmp_path / "no", teacher, "--config.export.hf=True",
+                           "--config.student.layers=1,3"),
+    }  # fmt: skip
+    procs = {
+        k: subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=Path(__file__).resolve().parents[1])
+        for k, cmd in runs.items()
+    }  # fmt: skip
+    out = {k: p.communicate(timeout=600) + (p.returncode,) for k, p in procs.items()}
+    _, err, rc = out["refused"]
+    assert rc != 0 and "distill:" not in err, err[-2000:]
+    assert "cannot export this ModernBERT to transformers" in err.strip().splitlines()[-1]
+    _, err, rc = out["ok"]
+    assert rc == 0, err[-3000:]
+    back = _reload(tmp_path / "ok" / "student_hf", "mlm")
+    assert type(back) is transformers.ModernBertForMaskedLM
+    assert back.config.layer_types == ["full_attention", "sliding_attention"]

@@ -147,6 +147,9 @@ class ModelConfig:
                 f"a model_type in {FACTORISED}, got {self.model_type!r}"
             )
         if self.model_type == "modernbert":
+            for k in ("layer_types", "identity_attn_norm_layers"):  # lists from a CLI or JSON
+                if getattr(self, k) is not None:
+                    object.__setattr__(self, k, tuple(getattr(self, k)))  # so that it hashes
             _check_modernbert(self)
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
