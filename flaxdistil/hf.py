@@ -229,14 +229,14 @@ def convert_from_hf(sd: dict, cfg: ModelConfig, head: str | None, rng=None):
     """HF state dict -> (params, new_init, unused); raises CheckpointError listing every problem."""
     sd = _strip_prefix(sd, cfg.model_type)
     template = jax.eval_shape(lambda: init_params(cfg, head, jax.random.key(0)))
-    wanted = set(_paths(template))
+    wanted, not_in_hf = set(_paths(template)), hf_table.absent_in_hf(cfg)
     params, used, missing, misshapen, new_init = {}, set(), [], [], []
     for path, key, layout, is_head, module in hf_table.rows(cfg.model_type, head, cfg.legacy):
         if path not in wanted:  # e.g. the pooler of a head that has none
             continue
         stacked = "{i}" in key
         keys = [key.format(i=i) for i in range(cfg.num_distinct_layers)] if stacked else [key]
-        absent = [k for k in keys if k not in sd]
+        absent = [k for k in keys if k not in sd and k not in not_in_hf]
         if absent:
             if is_head or path.startswith("encoder/pooler"):
                 new_init.append(module)
@@ -245,13 +245,17 @@ def convert_from_hf(sd: dict, cfg: ModelConfig, head: str | None, rng=None):
             continue
         # Check each HF tensor in HF's own layout before stacking: the message then names shapes
         # as the checkpoint has them, and one odd layer cannot crash np.stack.
-        want = _get(template, path).shape[1 if stacked else 0 :]
-        want = hf_table.hf_shape(want, layout, cfg.num_attention_heads)
-        bad = [f"{k}: expected {want}, found {sd[k].shape}" for k in keys if sd[k].shape != want]
+        ours = _get(template, path).shape[1 if stacked else 0 :]
+        want = hf_table.hf_shape(ours, layout, cfg.num_attention_heads)
+        keys_in = [k for k in keys if k in sd]
+        bad = [f"{k}: expected {want}, found {sd[k].shape}" for k in keys_in if sd[k].shape != want]
         if bad:
             misshapen += bad
             continue
-        arrs = [hf_table.from_hf(sd[k], layout) for k in keys]
+        identity = np.ones if path.endswith("/scale") else np.zeros  # a LayerNorm's (1, 0)
+        arrs = [
+            hf_table.from_hf(sd[k], layout) if k in sd else identity(ours, np.float32) for k in keys
+        ]
         _set(params, path, np.stack(arrs) if stacked else arrs[0])
         used.update(keys)
     _check_tied(sd, cfg.model_type, misshapen)
@@ -350,7 +354,7 @@ def as_distilbert(cfg: ModelConfig) -> ModelConfig:
 
 def convert_to_hf(params: dict, cfg: ModelConfig, head: str | None) -> dict[str, np.ndarray]:
     prefix = f"{hf_table.PREFIX[cfg.model_type]}." if head is not None else ""
-    have = set(_paths(params))
+    have, not_in_hf = set(_paths(params)), hf_table.absent_in_hf(cfg)
     H = cfg.num_attention_heads
     sd = {}
     for path, key, layout, is_head, _ in hf_table.rows(cfg.model_type, head, cfg.legacy):
@@ -360,7 +364,8 @@ def convert_to_hf(params: dict, cfg: ModelConfig, head: str | None) -> dict[str,
         name = key if is_head else prefix + key
         if "{i}" in key:
             for i in range(value.shape[0]):
-                sd[name.format(i=i)] = np.ascontiguousarray(hf_table.to_hf(value[i], layout, H))
+                if key.format(i=i) not in not_in_hf:
+                    sd[name.format(i=i)] = np.ascontiguousarray(hf_table.to_hf(value[i], layout, H))
         else:
             sd[name] = np.ascontiguousarray(hf_table.to_hf(value, layout, H))
     if "mlm" in params:  # HF's decoder bias is the head bias under a second name

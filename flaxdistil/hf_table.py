@@ -123,6 +123,17 @@ BACKBONE = {
         ("encoder/relative/LayerNorm", "encoder.LayerNorm", "norm"),
     ]
     + _DEBERTA_LAYER,
+    "modernbert": [
+        ("encoder/embeddings/tok_embeddings", "embeddings.tok_embeddings", "embed"),
+        ("encoder/embeddings/norm", "embeddings.norm", "norm"),
+        ("encoder/layer/attn_norm", "layers.{i}.attn_norm", "norm"),
+        ("encoder/layer/attn/Wqkv", "layers.{i}.attn.Wqkv", "dense"),
+        ("encoder/layer/attn/Wo", "layers.{i}.attn.Wo", "dense"),
+        ("encoder/layer/mlp_norm", "layers.{i}.mlp_norm", "norm"),
+        ("encoder/layer/mlp/Wi", "layers.{i}.mlp.Wi", "dense"),
+        ("encoder/layer/mlp/Wo", "layers.{i}.mlp.Wo", "dense"),
+        ("encoder/final_norm", "final_norm", "norm"),
+    ],
 }
 
 _TOKEN_CLS = [("classifier", "classifier", "dense")]
@@ -196,6 +207,19 @@ HEAD = {
     **{(f, "qa"): _QA for f in BACKBONE},
 }
 
+# ModernBERT's heads all pass through "head" (dense, act, norm); the classifiers are "classifier".
+_MODERNBERT_CLS = [
+    ("classifier/head/dense", "head.dense", "dense"),
+    ("classifier/head/norm", "head.norm", "norm"),
+    ("classifier/out", "classifier", "dense"),
+]
+HEAD |= {("modernbert", h): _MODERNBERT_CLS for h in ("seq_cls", "token_cls", "qa")}
+HEAD["modernbert", "mlm"] = [
+    ("mlm/head/dense", "head.dense", "dense"),
+    ("mlm/head/norm", "head.norm", "norm"),
+    ("mlm/bias", "decoder.bias", "param"),
+]
+
 # AlbertForPreTraining: the MLM head and the sentence-order classifier on the pooler.
 HEAD["albert", "albert_pretraining"] = HEAD["albert", "mlm"] + [
     ("sop_classifier/out", "sop_classifier.classifier", "dense")
@@ -223,6 +247,7 @@ TIED = {
         "cls.predictions.decoder.weight": "embeddings.word_embeddings.weight",
         "cls.predictions.decoder.bias": "cls.predictions.bias",
     },
+    "modernbert": {"decoder.weight": "embeddings.tok_embeddings.weight"},
 }
 BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids")
 
@@ -240,6 +265,7 @@ HEAD_NAMESPACES = {
     # checkpoints whose position_biased_input is False (transformers ignores them too).
     "deberta-v2": ("cls.", "lm_predictions.", "mask_predictions.", "pooler.", "classifier.")
     + ("qa_outputs.", "embeddings.position_embeddings."),
+    "modernbert": ("head.", "decoder.", "classifier."),
 }
 
 # Families that run another's code use its rows, under their own model_type.
@@ -252,7 +278,22 @@ for _family, _base in SAME_AS.items():
 PREFIX = {f: SAME_AS.get(f, f) for f in FAMILIES} | {
     "xlnet": "transformer",
     "deberta-v2": "deberta",
+    "modernbert": "model",
 }
+
+
+def absent_in_hf(cfg) -> set[str]:
+    """Keys (without PREFIX) of our stacked layers that HF does not have: ModernBERT's identity
+    attn_norms (its layer 0's). Loading fills them with an identity LayerNorm's values, which
+    the layer ignores; export leaves them out."""
+    if cfg.model_type != "modernbert":
+        return set()
+    return {
+        f"layers.{i}.attn_norm.{leaf}"
+        for i in cfg.identity_attn_norm_layers
+        for leaf in ("weight", "bias")
+    }
+
 
 # transformers' class names: f"{CLASS_PREFIX}{suffix}".
 _CLASS_PREFIX = {
@@ -265,6 +306,7 @@ _CLASS_PREFIX = {
     "albert": "Albert",
     "xlnet": "XLNet",
     "deberta-v2": "DebertaV2",
+    "modernbert": "ModernBert",
 }
 _CLASS_SUFFIX = {
     None: "Model",

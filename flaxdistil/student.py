@@ -13,7 +13,8 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
-from flaxdistil.models import ModelConfig, init_params
+from flaxdistil.models import ModelConfig, init_params, modernbert
+from flaxdistil.models.config import global_every_n, modernbert_layer_types
 
 # TextBrewer's student shapes (layers, hidden, FFN, heads); the "Model" column of its tables.
 PRESETS = {
@@ -81,7 +82,7 @@ def derive_student(
         enc["layer"] = jax.tree.map(lambda x: x[np.asarray(ids)], enc["layer"])
     else:
         ids = list(range(len(ids)))
-    cfg = config.replace(num_hidden_layers=len(ids))
+    cfg = config.replace(num_hidden_layers=len(ids), **_per_layer_fields(config, ids))
     if distilbert_style:
         drop_token_types = drop_pooler = True
     if drop_token_types and cfg.type_vocab_size:
@@ -116,7 +117,26 @@ def student_config(teacher: ModelConfig, preset: str | None = None, **fields) ->
             dict(num_hidden_layers=L, hidden_size=D, intermediate_size=F, num_attention_heads=H)
             | fields
         )
+    if teacher.model_type == "modernbert" and "layer_types" not in fields:
+        # A new depth: the teacher's global_attn_every_n_layers (transformers' default 3).
+        n = global_every_n(modernbert.layer_types(teacher)) or 3
+        L = fields.get("num_hidden_layers", teacher.num_hidden_layers)
+        fields["layer_types"] = modernbert_layer_types(L, n)
+        fields.setdefault("identity_attn_norm_layers", (0,))
     return teacher.replace(**fields)
+
+
+def _per_layer_fields(config: ModelConfig, ids: list[int]) -> dict:
+    """ModernBERT's per-layer settings go with the layers selected: each keeps its kind (global
+    or sliding) and an identity attn_norm stays the identity wherever it lands."""
+    if config.model_type != "modernbert":
+        return {}
+    types = modernbert.layer_types(config)
+    identity = config.identity_attn_norm_layers
+    return {
+        "layer_types": tuple(types[i] for i in ids),
+        "identity_attn_norm_layers": tuple(p for p, i in enumerate(ids) if i in identity),
+    }
 
 
 def init_student(config: ModelConfig, head: str | None, rng) -> dict:

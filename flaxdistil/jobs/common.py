@@ -101,6 +101,8 @@ def build_student(cfg, teacher, head: str, rng, **head_fields):
             distilbert_style=s.distilbert_style,
         )
         origin += f", layers {ids}"
+        if cfg.export.hf:  # refuse a student transformers cannot rebuild now, not after training
+            config.to_hf()
     return params, config, origin
 
 

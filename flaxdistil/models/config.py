@@ -15,6 +15,7 @@ FAMILIES = (
     "albert",
     "xlnet",
     "deberta-v2",
+    "modernbert",
 )
 HEADS = (
     None,
@@ -34,6 +35,7 @@ FAMILY_HEADS = {f: HEADS[:5] for f in FAMILIES} | {
     "electra": HEADS[:6],
     "albert": HEADS[:5] + ("albert_pretraining",),
     "xlnet": (None, "seq_cls", "token_cls", "qa", "xlnet_lm"),
+    "modernbert": HEADS[:5],
 }
 
 # Families that are another family's code and HF key names under their own model_type (and
@@ -63,6 +65,11 @@ RENAMED = {
         "ff_activation": "hidden_act",
         "dropout": "hidden_dropout_prob",
         "summary_last_dropout": "classifier_dropout",
+    },
+    "modernbert": {
+        "hidden_activation": "hidden_act",
+        "norm_eps": "layer_norm_eps",
+        "attention_dropout": "attention_probs_dropout_prob",
     },
 }
 # XLNet settings flaxdistil computes (those of the released checkpoints and of fine-tuning).
@@ -148,6 +155,25 @@ class ModelConfig:
     pooler_dropout: float = 0.0  # ContextPooler (the sequence classifier's)
     pooler_hidden_act: str = "gelu"
     legacy: bool = True  # MLM head as cls.predictions (True) or lm_predictions.lm_head (False)
+    # ModernBERT's (models/modernbert.py), in its HF names. layer_types: each layer's
+    # "full_attention" or "sliding_attention" (None: HF's default, global every 3rd layer); a
+    # sliding layer sees keys at |i - j| <= local_attention // 2.
+    layer_types: tuple[str, ...] | None = None
+    local_attention: int = 128
+    global_rope_theta: float = 160000.0
+    local_rope_theta: float = 10000.0
+    norm_bias: bool = False
+    attention_bias: bool = False
+    mlp_bias: bool = False
+    decoder_bias: bool = True
+    classifier_bias: bool = False
+    classifier_activation: str = "gelu"
+    classifier_pooling: str = "cls"  # or "mean" (over the attention mask)
+    embedding_dropout: float = 0.0
+    mlp_dropout: float = 0.0
+    # The layers whose attn_norm is the identity: transformers' layer 0 has none (the embedding
+    # norm precedes it). A student sliced from teacher layers records where that layer went.
+    identity_attn_norm_layers: tuple[int, ...] = (0,)
 
     def __post_init__(self):
         if self.model_type not in FAMILIES:
@@ -162,6 +188,11 @@ class ModelConfig:
             )
         if self.model_type == "deberta-v2":
             _check_deberta_fields(self)
+        if self.model_type == "modernbert":
+            for k in ("layer_types", "identity_attn_norm_layers"):  # lists from a CLI or JSON
+                if getattr(self, k) is not None:
+                    object.__setattr__(self, k, tuple(getattr(self, k)))  # so that it hashes
+            _check_modernbert(self)
         if self.attention_head_size is None and self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size {self.hidden_size} is not a multiple of "
@@ -221,6 +252,8 @@ class ModelConfig:
             _check_albert_groups(hf)
         elif model_type == "deberta-v2":
             hf = _deberta_from_hf(hf)
+        elif model_type == "modernbert":
+            hf.update(_modernbert_from_hf(hf))
         elif model_type == "xlnet":
             _check_xlnet(hf)
             # One dropout everywhere; token types are compared, not embedded.
@@ -246,6 +279,10 @@ class ModelConfig:
         d["id2label"] = {str(i): name for i, name in id2label}
         d["label2id"] = {name: i for i, name in id2label}
         d.pop("num_labels")
+        if self.model_type == "modernbert":
+            d = _modernbert_to_hf(self, d)
+        else:
+            d = {k: v for k, v in d.items() if k not in MODERNBERT_FIELDS}
         if self.model_type == "distilbert":
             for k in ("type_vocab_size", "classifier_dropout", "layer_norm_eps"):
                 d.pop(k)
@@ -343,3 +380,141 @@ def _check_deberta_fields(cfg: ModelConfig) -> None:
         )
     if problems:
         raise ValueError("unsupported DeBERTa-v2 config: " + "; ".join(problems))
+
+
+# ---------------------------------------------------------------- ModernBERT
+
+MODERNBERT_FIELDS = (
+    "layer_types",
+    "local_attention",
+    "global_rope_theta",
+    "local_rope_theta",
+    "norm_bias",
+    "attention_bias",
+    "mlp_bias",
+    "decoder_bias",
+    "classifier_bias",
+    "classifier_activation",
+    "classifier_pooling",
+    "embedding_dropout",
+    "mlp_dropout",
+    "identity_attn_norm_layers",
+)
+LAYER_TYPES = ("full_attention", "sliding_attention")
+# ModernBertConfig's defaults where they are not BERT's (old config.json files may omit them).
+_MODERNBERT_DEFAULTS = {
+    "vocab_size": 50368,
+    "hidden_size": 768,
+    "intermediate_size": 1152,
+    "num_hidden_layers": 22,
+    "num_attention_heads": 12,
+    "max_position_embeddings": 8192,
+    "layer_norm_eps": 1e-5,
+    "pad_token_id": 50283,
+    "attention_probs_dropout_prob": 0.0,
+    "classifier_dropout": 0.0,
+}
+
+
+def modernbert_layer_types(num_layers: int, every_n: int = 3) -> tuple[str, ...]:
+    """transformers' pattern: layer i is global iff i % global_attn_every_n_layers == 0."""
+    return tuple(LAYER_TYPES[bool(i % every_n)] for i in range(num_layers))
+
+
+def global_every_n(layer_types: tuple[str, ...]) -> int | None:
+    """The global_attn_every_n_layers that gives this pattern, or None if none does."""
+    for n in range(1, len(layer_types) + 1):
+        if modernbert_layer_types(len(layer_types), n) == tuple(layer_types):
+            return n
+    return None
+
+
+def _check_modernbert(cfg: ModelConfig) -> None:
+    L = cfg.num_hidden_layers
+    if cfg.layer_types is not None and (
+        len(cfg.layer_types) != L or set(cfg.layer_types) - set(LAYER_TYPES)
+    ):
+        raise ValueError(
+            f"layer_types must hold {L} entries from {LAYER_TYPES}, got {cfg.layer_types}"
+        )
+    if any(not 0 <= i < L for i in cfg.identity_attn_norm_layers):
+        raise ValueError(
+            f"identity_attn_norm_layers {cfg.identity_attn_norm_layers} must index the {L} layers"
+        )
+    if cfg.classifier_pooling not in ("cls", "mean"):
+        raise ValueError(
+            f"classifier_pooling must be 'cls' or 'mean', got {cfg.classifier_pooling!r}"
+        )
+
+
+def _modernbert_from_hf(hf: dict[str, Any]) -> dict[str, Any]:
+    """Fields of a ModernBERT config.json (renamed already) in flaxdistil's form."""
+    out = {k: hf.get(k, v) for k, v in _MODERNBERT_DEFAULTS.items()}
+    L = out["num_hidden_layers"]
+    types = hf.get("layer_types") or modernbert_layer_types(
+        L, hf.get("global_attn_every_n_layers", 3)
+    )
+    rope = hf.get("rope_parameters") or {}
+    thetas = {}
+    for kind, old_name, theta in [
+        ("full_attention", "global", 1.6e5),
+        ("sliding_attention", "local", 1e4),
+    ]:
+        params = rope.get(kind) or {}
+        if params.get("rope_type", "default") != "default" or hf.get("rope_scaling"):
+            raise ValueError(
+                f"ModernBERT with rope scaling ({params or hf.get('rope_scaling')}): flaxdistil "
+                "computes the default rotary positions only"
+            )
+        old = f"{old_name}_rope_theta"  # transformers 4.x's name
+        thetas[old] = float(params.get("rope_theta", hf.get(old, theta)))
+    return (
+        out
+        | thetas
+        | {
+            "layer_types": tuple(types),
+            "type_vocab_size": 0,
+            "add_pooler": False,
+            "hidden_dropout_prob": 0.0,  # ModernBERT's dropouts are attention/mlp/embedding_dropout
+            "identity_attn_norm_layers": (0,),
+        }
+    )
+
+
+def _modernbert_to_hf(cfg: ModelConfig, d: dict[str, Any]) -> dict[str, Any]:
+    """config.json fields of a ModernBERT; refuses what transformers cannot rebuild exactly."""
+    types = cfg.layer_types or modernbert_layer_types(cfg.num_hidden_layers)
+    n, problems = global_every_n(types), []
+    if n is None:
+        pattern = "".join("G" if t == "full_attention" else "L" for t in types)
+        glob = [i for i, t in enumerate(types) if t == "full_attention"]
+        problems.append(
+            f"its layers' attention pattern {pattern} (G global, L sliding; global layers "
+            f"{glob}) is not 'global iff layer % n == 0' for any global_attn_every_n_layers"
+        )
+    if tuple(cfg.identity_attn_norm_layers) != (0,):
+        problems.append(
+            "transformers has no attn_norm at layer 0 and one at every other layer, but this "
+            f"model's identity attn_norm layers are {list(cfg.identity_attn_norm_layers)}"
+        )
+    if problems:
+        raise ValueError(
+            "cannot export this ModernBERT to transformers: "
+            + "; ".join(problems)
+            + " (a student exports when its layers start at teacher layer 0 and its global "
+            "layers fall every n-th from there)"
+        )
+    for k in ("type_vocab_size", "hidden_dropout_prob", "identity_attn_norm_layers"):
+        d.pop(k)
+    rope = {
+        "full_attention": {"rope_type": "default", "rope_theta": cfg.global_rope_theta},
+        "sliding_attention": {"rope_type": "default", "rope_theta": cfg.local_rope_theta},
+    }
+    if d["classifier_dropout"] is None:
+        d["classifier_dropout"] = 0.0
+    # layer_types for transformers 5, global_attn_every_n_layers and the thetas for 4.x.
+    return d | {
+        "layer_types": list(types),
+        "global_attn_every_n_layers": n,
+        "rope_parameters": rope,
+    }

@@ -111,9 +111,11 @@ class Embeddings(nn.Module):
         return x_BxTxD.astype(self.dtype), word
 
 
-def fused_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, mask_BxT):
+def fused_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, mask_BxT, local_window_size=None):
     """jax.nn.dot_product_attention with the keys of each row given as a length, mask.sum(-1):
     the attention mask must be right-padded (ones, then zeros), as BERT batches are.
+    local_window_size (left, right): also ModernBERT's sliding window (XLA's implementation:
+    cuDNN has no two-sided window without a causal mask, and says so).
 
     cuDNN's flash attention where it applies (a GPU, bf16/fp16, head dim a multiple of 8; jax
     checks while tracing and raises otherwise), else XLA's implementation: both take the lengths,
@@ -127,6 +129,7 @@ def fused_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, mask_BxT):
         k_BxTxHxK,
         v_BxTxHxK,
         key_value_seq_lengths=lengths_B,
+        local_window_size=local_window_size,
     )
     if jax.default_backend() == "gpu" and q_BxTxHxK.dtype in (jnp.bfloat16, jnp.float16):
         try:

@@ -29,14 +29,15 @@ import jax
 import jax.numpy as jnp
 
 from flaxdistil import xla_cpu
+from flaxdistil.models import modernbert
 from flaxdistil.models.config import FAMILY_HEADS, HEADS, ModelConfig
 from flaxdistil.models.encoder import Encoder, activation, dense, layer_norm, unstack_layers
 
 
 def uses_pooler(cfg: ModelConfig, head: str | None) -> bool:
     """HF builds the pooler for the bare model and for BERT's and ALBERT's sequence classifiers
-    only; ELECTRA, XLNet and DeBERTa (whose classifier pools on its own) have none."""
-    if not cfg.add_pooler or cfg.model_type in ("electra", "xlnet", "deberta-v2"):
+    only; ELECTRA, XLNet, ModernBERT and DeBERTa (whose classifier pools on its own) have none."""
+    if not cfg.add_pooler or cfg.model_type in ("electra", "xlnet", "deberta-v2", "modernbert"):
         return False
     if head == "albert_pretraining":  # the sentence-order head reads it
         return True
@@ -223,7 +224,8 @@ class Model(nn.Module):
     ):
         cfg, head = self.config, self.head
         _check_inputs(cfg, head, (perm_mask, target_mapping, mems))
-        last, aux = Encoder(
+        encoder_cls = modernbert.Encoder if cfg.model_type == "modernbert" else Encoder
+        last, aux = encoder_cls(
             cfg,
             self.dtype,
             uses_pooler(cfg, head),
@@ -247,6 +249,11 @@ class Model(nn.Module):
         deterministic = not train
         if head is None:
             logits = None
+        elif cfg.model_type == "modernbert":
+            name = "mlm" if head == "mlm" else "classifier"
+            logits = modernbert.Head(cfg, head, self.dtype, name=name)(
+                last, word, attention_mask, masked_positions, deterministic
+            )
         elif head == "mlm":
             logits = MLMHead(cfg, self.dtype, name="mlm")(
                 gather_masked(last, masked_positions), word
