@@ -4,7 +4,7 @@
 ``report = compress(src, out, sparsity=0.5, heads_keep=8, ffn_keep=1024, vocab_from='c.txt',
 data='texts.txt')`` writes ``out/`` as a Hugging Face directory transformers loads (pruned weights
 zero, or matrices physically smaller) and ``out/flaxdistil/`` with flaxdistil's compact files
-(the smaller head matrices transformers cannot hold; ``load_compact`` reads them back), and
+(the smaller head matrices transformers cannot hold; ``load_pruned`` reads them back), and
 returns a table of parameters, size, sparsity and bits per module. Steps run in that order:
 vocabulary, heads / FFN (ranked on ``data`` by TextPruner's Taylor importance, label-free), the
 magnitude pruning of the encoder's linear layers (one shot here; iterative with fine-tuning in
@@ -77,7 +77,7 @@ def load_source(src, head: str | None = "auto"):
     compress output (its compact files), or convert.py's params.msgpack + .config.json."""
     path = Path(src)
     if (path / COMPACT / "model.json").is_file():
-        params, cfg, stored = load_compact(path / COMPACT)
+        params, cfg, stored = load_pruned(path / COMPACT)
         return params, cfg, stored if head == "auto" else head, path
     if path.suffix == ".msgpack" and path.is_file():
         from flax import serialization
@@ -94,25 +94,25 @@ def load_source(src, head: str | None = "auto"):
     return pre.params, pre.config, head, tok_dir
 
 
-def save_compact(params, cfg: ModelConfig, head: str | None, out_dir) -> Path:
+def save_pruned(params, cfg: ModelConfig, head: str | None, out_dir) -> Path:
     """flaxdistil's own float files: model.json (every ModelConfig field, the head) and
-    params.safetensors ('/'-joined param paths), the matrices at their pruned sizes."""
+    params.safetensors ('/'-joined param paths), the matrices at their pruned sizes (which HF
+    configs cannot describe). Quantised weights go to quantize.save_compact instead."""
     from safetensors.numpy import save_file
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     flat = {
         "/".join(str(getattr(k, "key", k)) for k in p): np.ascontiguousarray(np.asarray(x))
         for p, x in jax.tree_util.tree_flatten_with_path(params)[0]
     }
-    save_file(flat, str(out_dir / "params.safetensors"))
     meta = {"config": dataclasses.asdict(cfg), "head": head}
-    (out_dir / "model.json").write_text(json.dumps(meta, indent=2))
-    return out_dir
+    with hf.atomic_dir(out_dir) as tmp:
+        save_file(flat, str(tmp / "params.safetensors"))
+        (tmp / "model.json").write_text(json.dumps(meta, indent=2))
+    return Path(out_dir).resolve()
 
 
-def load_compact(path):
-    """(params, config, head) written by save_compact."""
+def load_pruned(path):
+    """(params, config, head) written by save_pruned."""
     from safetensors.numpy import load_file
 
     path = Path(path)
@@ -214,7 +214,7 @@ def _write(out, params, cfg, head, tok_dir, tokenizer, keep, qparams, req, befor
     if qparams is not None:
         quantize.save_compact(qparams, cfg, compact, head)
     else:
-        save_compact(params, cfg, head, compact)
+        save_pruned(params, cfg, head, compact)
     if keep is not None and req.vocab_from:
         from transformers import AutoTokenizer
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -403,27 +404,41 @@ def save_pretrained(
         params = _drop_pooler(params)
     elif export_as not in (None, config.model_type):
         raise ValueError(f"export_as must be None or 'distilbert', got {export_as!r}")
-    out_dir = Path(out_dir).resolve()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:
         save_file(
             convert_to_hf(params, config, head),
             str(tmp / "model.safetensors"),
             metadata={"format": "pt"},
         )
-        hf = config.to_hf()
-        hf["architectures"] = [hf_table.ARCHITECTURES[config.model_type][head]]
-        (tmp / "config.json").write_text(json.dumps(hf, indent=2, sort_keys=True))
-        if tokenizer_from is not None:
-            _copy_tokenizer(tokenizer_from, tmp)
+        write_config(tmp, config, head, tokenizer_from)
+    return Path(out_dir).resolve()
+
+
+def write_config(out_dir: Path, config: ModelConfig, head: str | None, tokenizer_from=None):
+    """config.json (with the architecture of ``head``) and the tokenizer files, as transformers
+    reads them."""
+    hf = config.to_hf()
+    hf["architectures"] = [hf_table.ARCHITECTURES[config.model_type][head]]
+    (out_dir / "config.json").write_text(json.dumps(hf, indent=2, sort_keys=True))
+    if tokenizer_from is not None:
+        _copy_tokenizer(tokenizer_from, out_dir)
+
+
+@contextlib.contextmanager
+def atomic_dir(out_dir):
+    """Yield a temporary sibling of out_dir to fill; when the block succeeds it takes out_dir's
+    place by a rename, so a run killed mid-write never leaves a half-written directory there."""
+    out_dir = Path(out_dir).resolve()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    try:
+        yield tmp
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return out_dir
 
 
 def _drop_pooler(params: dict) -> dict:

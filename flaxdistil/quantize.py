@@ -24,9 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import flax
@@ -296,7 +293,7 @@ def save_compact(qparams, config, out_dir, head: str | None = "mlm", *, tokenize
     dequantised float params; ``load_compact`` as QTensors."""
     from safetensors.numpy import save_file
 
-    from flaxdistil import hf, hf_table
+    from flaxdistil import hf
 
     tensors, layout = {}, {}
     for name, x in _flat(jax.device_get(qparams)):
@@ -311,23 +308,10 @@ def save_compact(qparams, config, out_dir, head: str | None = "mlm", *, tokenize
             bits=x.bits, group_size=x.group_size, transposed=x.transposed, shape=list(x.q.shape)
         )
     meta = {"format": FORMAT, "head": json.dumps(head), "quantized": json.dumps(layout)}
-    out_dir = Path(out_dir).resolve()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    try:
+    with hf.atomic_dir(out_dir) as tmp:
         save_file(tensors, str(tmp / COMPACT_FILE), metadata=meta)
-        cfg = config.to_hf()
-        cfg["architectures"] = [hf_table.ARCHITECTURES[config.model_type][head]]
-        (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True))
-        if tokenizer_from is not None:
-            hf._copy_tokenizer(tokenizer_from, tmp)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
+        hf.write_config(tmp, config, head, tokenizer_from)
+    return Path(out_dir).resolve()
 
 
 def _read_compact_file(f: Path):

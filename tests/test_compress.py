@@ -86,7 +86,7 @@ def test_cli_end_to_end_vocab_heads_ffn(src, tmp_path):
     """Vocabulary, heads and FFN pruning through the script: the directory and its new tokenizer
     load in transformers and give the compact (physically smaller) flaxdistil model's logits."""
     from flaxdistil import Model
-    from flaxdistil.compress import load_compact
+    from flaxdistil.compress import load_pruned
 
     d, corpus = src
     out = tmp_path / "out"
@@ -96,7 +96,7 @@ def test_cli_end_to_end_vocab_heads_ffn(src, tmp_path):
     assert "vocabulary: kept" in r.stdout and "transformers 5 has no pruned_heads" in r.stdout
     assert "sparsity" in r.stdout and "size on disk" in r.stdout
 
-    params, cfg, head = load_compact(out / "flaxdistil")
+    params, cfg, head = load_pruned(out / "flaxdistil")
     assert head == "seq_cls"
     assert (cfg.num_attention_heads, cfg.head_dim, cfg.intermediate_size) == (2, 8, 40)
     assert cfg.vocab_size < 200  # from 30,522
