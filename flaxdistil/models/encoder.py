@@ -220,8 +220,13 @@ class Layer(nn.Module):
         cfg = self.config
         h_BxTxD, g_BxMxD = carry if cfg.model_type == "xlnet" else (carry, None)
         drop = lambda y: nn.Dropout(cfg.hidden_dropout_prob)(y, deterministic=self.deterministic)
-        if cfg.model_type == "xlnet":  # einsum only, whatever attention_impl says
-            attention = xlnet.RelativeSelfAttention(
+        # Relative-position families: einsum only, whatever attention_impl says (see their modules).
+        relative_attention = {
+            "xlnet": xlnet.RelativeSelfAttention,
+            "deberta-v2": deberta.DisentangledSelfAttention,
+        }.get(cfg.model_type)
+        if relative_attention is not None:
+            attention = relative_attention(
                 cfg,
                 self.dtype,
                 self.deterministic,
@@ -229,16 +234,8 @@ class Layer(nn.Module):
                 self.output_qkv,
                 name="attention",
             )
-            relative = (*relative[:3], g_BxMxD, *relative[3:])
-        elif cfg.model_type == "deberta-v2":  # einsum only too, see DisentangledSelfAttention
-            attention = deberta.DisentangledSelfAttention(
-                cfg,
-                self.dtype,
-                self.deterministic,
-                _want(self.output_attentions, "scores"),
-                self.output_qkv,
-                name="attention",
-            )
+            if cfg.model_type == "xlnet":
+                relative = (*relative[:3], g_BxMxD, *relative[3:])
         else:
             attention = SelfAttention(
                 cfg,
