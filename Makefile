@@ -5,7 +5,8 @@ PY := $(VENV)/bin/python
 export XLA_PYTHON_CLIENT_PREALLOCATE ?= false
 
 .PHONY: setup assets demo demo-export test lint clean teacher distill-minilm results-tiny \
-	results-general
+	results-general sent-teachers results-protocols results-teachers \
+	results-ablation results-compress results-vocab results-tasktypes
 
 setup: $(VENV)/.installed
 
@@ -88,3 +89,123 @@ results-general: teacher
 	$(PY) scripts/arms_table.py --metrics accuracy,mcc \
 	  "DistilBERT triple loss=workdirs/gd_distilbert/sentiment" "MiniLM=workdirs/gd_minilm/sentiment" \
 	  "no general distillation=workdirs/gd_none/sentiment"
+
+# Three MiniLM teachers fine-tuned on the movie-review snippets with train.seed 4 (the default), 1, 2.
+sent-teachers: assets
+	$(PY) scripts/finetune.py --config configs/sentiment_minilm.py --workdir workdirs/sent_teacher
+	for s in 1 2; do $(PY) scripts/finetune.py --config configs/sentiment_minilm.py \
+	  --workdir workdirs/sent_teacher_s$$s --config.train.seed=$$s || exit 1; done
+
+# Issue 15's fair task-distillation table: 3-layer students from one init per protocol (the
+# fine-tuned teacher's slice, or the pretrained MiniLM's), each with and without KD, 3 seeds.
+PROTOCOL_ARMS := baseline distill_pre baseline_ft distill
+SENT_T := --config.teacher.path=workdirs/sent_teacher/best_hf
+results-protocols: sent-teachers
+	for arm in $(PROTOCOL_ARMS); do \
+	  $(PY) scripts/seeds.py --config configs/sentiment_minilm.py:$$arm --workdir workdirs/sent_$$arm \
+	    --seeds=0,1,2 $(SENT_T) || exit 1; done
+	$(PY) scripts/arms_table.py --metrics accuracy,mcc "pretrained slice, no teacher=workdirs/sent_baseline" \
+	  "pretrained slice, KD=workdirs/sent_distill_pre"
+	$(PY) scripts/arms_table.py --metrics accuracy,mcc "teacher slice, no teacher=workdirs/sent_baseline_ft" \
+	  "teacher slice, KD=workdirs/sent_distill"
+
+# Issue 10's multi-teacher and cache tables: the pretrained slice distilled from one teacher (live)
+# or from the three (their mean logits, cached), 3 seeds; one cached single-teacher run to compare
+# time and metrics with the live one; the teachers' own ensemble.
+results-teachers: results-protocols
+	$(PY) scripts/seeds.py --config configs/sentiment_minilm.py:distill_pre --seeds=1 $(SENT_T) \
+	  --workdir workdirs/sent_distill_pre_cached --config.teacher.cache=True
+	$(PY) scripts/seeds.py --config configs/sentiment_minilm.py:multi_kd --seeds=0,1,2 \
+	  --workdir workdirs/sent_multi_kd --config.teacher.cache=True
+	$(PY) scripts/evaluate_teachers.py --config configs/sentiment_minilm.py:multi_kd \
+	  --workdir workdirs/sent_teachers_ensemble
+	$(PY) scripts/arms_table.py --metrics accuracy,mcc "one teacher=workdirs/sent_distill_pre" \
+	  "three teachers=workdirs/sent_multi_kd"
+
+# Issue 15's DistilBERT ablation (its Table 4) on the offline general distillation: the triple
+# loss (workdirs/gd_distilbert, results-general) against no L_ce, no L_cos, no L_mlm and a randomly
+# initialised student, the same 120 steps x 3 seeds; each student then fine-tuned on the movie
+# snippets with the same seed. ~9 min per general run + ~4 min per fine-tune on the 2-core CPU.
+ABL_no_ce := --config.distill.kd_loss_weight=0.0
+ABL_no_cos := --config.distill.intermediate_matches=[]
+ABL_no_mlm := --config.distill.hard_label_weight=0.0
+ABL_random := --config.student.init=random '--config.student.fields={"num_hidden_layers": 3}'
+ABL_ARMS := no_ce no_cos no_mlm random
+results-ablation: results-general
+	$(foreach arm,$(ABL_ARMS),\
+	  $(PY) scripts/seeds.py --job=general --config configs/minilm_l3.py --workdir workdirs/gd_$(arm) \
+	    --seeds=0,1,2 --config.distill.preset=distilbert $(ABL_$(arm)) && \
+	  $(PY) scripts/seeds.py --config configs/sentiment_minilm.py:baseline --seeds=0,1,2 \
+	    --workdir workdirs/gd_$(arm)/sentiment --config.student.layers= \
+	    --config.student.path=workdirs/gd_$(arm)/seed_{seed}/student_hf && ) true
+	$(PY) scripts/arms_table.py --metrics mlm_loss,mlm_accuracy "triple loss=workdirs/gd_distilbert" \
+	  "no L_ce=workdirs/gd_no_ce" "no L_cos=workdirs/gd_no_cos" "no L_mlm=workdirs/gd_no_mlm" \
+	  "random init=workdirs/gd_random"
+	$(PY) scripts/arms_table.py --metrics accuracy,mcc "triple loss=workdirs/gd_distilbert/sentiment" \
+	  "no L_ce=workdirs/gd_no_ce/sentiment" "no L_cos=workdirs/gd_no_cos/sentiment" \
+	  "no L_mlm=workdirs/gd_no_mlm/sentiment" "random init=workdirs/gd_random/sentiment"
+
+# Issue 11's seed 004 experiment: the fine-tuned MiniLM-L6 (large) and a fine-tuned 3-layer
+# student (small) pruned iteratively to 30/50/70/90% (15% of what remains per round, a short
+# fine-tune between rounds) and quantised to 8/6/4/3 bits, 3 seeds: sweep.json + sweep.png per
+# task; then the teacher -> student -> heads/FFN -> vocabulary -> int8 pipeline table. ~2 h per
+# task on an idle 2-core CPU (flaxdistil/sweep.py).
+SENT_L := workdirs/sent_teacher/best_hf
+SENT_S := workdirs/sent_distill/seed_0/best_hf
+BBC_L := workdirs/bbc_teacher/best_hf
+BBC_S := workdirs/bbc_l3_kd/best_hf
+results-compress: results-protocols
+	test -f $(BBC_L)/config.json || $(PY) scripts/finetune.py --config configs/bbc_minilm.py \
+	  --workdir workdirs/bbc_teacher
+	test -f $(BBC_S)/config.json || $(PY) scripts/distill_task.py --config configs/bbc_minilm.py:distill \
+	  --workdir workdirs/bbc_l3_kd --config.teacher.path=$(BBC_L)
+	$(PY) scripts/compress_sweep.py --config configs/sentiment_minilm.py --workdir workdirs/sweep_sent \
+	  --models=large=$(SENT_L),small=$(SENT_S) --seeds=0,1,2
+	$(PY) scripts/compress_sweep.py --config configs/bbc_minilm.py --workdir workdirs/sweep_bbc \
+	  --models=large=$(BBC_L),small=$(BBC_S) --seeds=0,1,2
+	$(PY) scripts/compress_sweep.py --mode=pipeline --config configs/sentiment_minilm.py \
+	  --workdir workdirs/pipeline_sent --models=teacher=$(SENT_L),student=$(SENT_S)
+	$(PY) scripts/compress_sweep.py --mode=pipeline --config configs/bbc_minilm.py \
+	  --workdir workdirs/pipeline_bbc --models=teacher=$(BBC_L),student=$(BBC_S)
+
+# Issue 10's different-tokenizers table: a 3-layer MiniLM student with its own 8,192-token
+# WordPiece vocabulary against the same student keeping MiniLM's 30,522 tokens, both distilled
+# (KD on logits) from the fine-tuned MiniLM teacher, 3 seeds each (same seeds, paired).
+VOCAB_TEACHER ?= workdirs/sent_teacher/best_hf
+results-vocab: assets
+	test -f $(VOCAB_TEACHER)/config.json || \
+	  $(PY) scripts/finetune.py --config configs/sentiment_minilm.py --workdir workdirs/sent_teacher
+	test -f workdirs/tokenizer_wp8k/tokenizer.json || \
+	  $(PY) scripts/train_tokenizer.py --out workdirs/tokenizer_wp8k --vocab_size 8192
+	for arm in small_vocab_twin small_vocab; do \
+	  $(PY) scripts/seeds.py --config configs/sentiment_minilm.py:$$arm --workdir workdirs/vocab_$$arm \
+	    --seeds=0,1,2 --config.teacher.path=$(VOCAB_TEACHER) || exit 1; done
+	$(PY) scripts/arms_table.py --metrics accuracy,mcc \
+	  "MiniLM vocabulary (30,522)=workdirs/vocab_small_vocab_twin" \
+	  "own WordPiece vocabulary (8,192)=workdirs/vocab_small_vocab"
+
+# Issue 15's task types on real data: Brown POS tags (token classification) and the movie
+# snippets' human scores (regression). Per task: the MiniLM-L6 teacher over 3 seeds, then the
+# four 3-layer students of configs/common.py's STUDENT_ARMS, each seed distilled from the
+# teacher of the same seed ({seed}); KD and no-KD arms share their initialisation seed by seed.
+# Tables: every arm against the pretrained slice without teacher, then the teacher-slice pair.
+TT_TASKS := pos:brown_pos_minilm:token_accuracy,token_macro_f1 \
+	reg:movie_regression_minilm:pearson,spearman
+results-tasktypes: assets
+	for t in $(TT_TASKS); do \
+	  name=$${t%%:*}; rest=$${t#*:}; cfg=configs/$${rest%%:*}.py; m=$${rest#*:}; \
+	  $(PY) scripts/seeds.py --config $$cfg --workdir workdirs/$${name}_teacher --seeds=0,1,2 \
+	    || exit 1; \
+	  for arm in distill baseline_ft distill_pre baseline; do \
+	    $(PY) scripts/seeds.py --config $$cfg:$$arm --workdir workdirs/$${name}_$$arm \
+	      --seeds=0,1,2 --config.teacher.path=workdirs/$${name}_teacher/seed_{seed}/best_hf \
+	      || exit 1; done; \
+	  $(PY) scripts/arms_table.py --metrics $$m \
+	    "pretrained slice, no teacher=workdirs/$${name}_baseline" \
+	    "pretrained slice + KD=workdirs/$${name}_distill_pre" \
+	    "teacher's slice, no teacher=workdirs/$${name}_baseline_ft" \
+	    "teacher's slice + KD=workdirs/$${name}_distill" \
+	    "teacher (6 layers)=workdirs/$${name}_teacher" || exit 1; \
+	  $(PY) scripts/arms_table.py --metrics $$m \
+	    "teacher's slice, no teacher=workdirs/$${name}_baseline_ft" \
+	    "teacher's slice + KD=workdirs/$${name}_distill" || exit 1; done

@@ -19,6 +19,14 @@ GENERAL_DATA = dict(
     mlm_smoothing=0.7,  # HF distillation's frequency smoothing (0 = uniform masking)
     max_train_docs=0,  # 0 = all
     max_heldout_docs=0,
+    # A directory written by scripts/prepare_data.py (ArrayRecord token shards): the training
+    # sequences stream from it through grain (flaxdistil/data/stream.py) instead of data.corpus
+    # being tokenised and held in memory; read_threads / prefetch (batches) / workers (grain
+    # worker processes, 0 = none) set the reading.
+    array_record="",
+    read_threads=2,
+    prefetch=8,
+    workers=0,
 )
 
 TASK_DATA = dict(
@@ -49,8 +57,10 @@ TASK_DATA = dict(
 
 
 def base(job: str) -> ml_collections.ConfigDict:
+    if job == "multitask":
+        return _multitask()
     if job not in ("general", "task"):
-        raise ValueError(f"job must be 'general' or 'task', got {job!r}")
+        raise ValueError(f"job must be 'general', 'task' or 'multitask', got {job!r}")
     general = job == "general"
     c = ml_collections.ConfigDict()
     # A HF dir, Hub id or asset name ('minilm', 'minilm-mlm', 'antiberty', 'all-MiniLM-L6-v2');
@@ -58,7 +68,10 @@ def base(job: str) -> ml_collections.ConfigDict:
     # cache: None (off) | True (<flaxdistil cache>/teacher_outputs) | a directory: the teachers'
     # outputs stored by one pass over the training data and read back (task distillation only);
     # cache_dtype float32 | bfloat16 (half the disk).
-    c.teacher = dict(path="", dtype="float32", cache=None, cache_dtype="float32")
+    # tokenizer: "" = the teacher directory's; one unlike the student's gets the data encoded
+    # with it too (TextBrewer's separate teacher batches; flaxdistil/teachers.py says what is
+    # defined between two tokenisations).
+    c.teacher = dict(path="", dtype="float32", cache=None, cache_dtype="float32", tokenizer="")
     # Several teachers instead of teacher.path (flaxdistil/teachers.py): [{'path': P, 'weight': 1,
     # 'dtype': 'bfloat16', 'intermediate_matches': [...]}, ...]; the KD target is the weighted
     # mean of their logits (distill.teacher_average='logits', TextBrewer's rule) or probabilities.
@@ -71,6 +84,10 @@ def base(job: str) -> ml_collections.ConfigDict:
         distilbert_style=False,  # drop token types + pooler (exports as DistilBERT)
         preset="",  # for init=random: T6, T3, T3-small, T4-tiny, T12-nano (TextBrewer's shapes)
         fields={},  # for init=random: HF config fields overriding the preset
+        # A tokenizer dir of the student's own (scripts/train_tokenizer.py): its word embeddings
+        # start as the mean of the model's embeddings of each token's tokenisation by the model's
+        # tokenizer (flaxdistil.vocab.own_vocabulary); "" = the model's tokenizer.
+        tokenizer="",
     )
     c.data = GENERAL_DATA if general else TASK_DATA
     # None = unset: the preset's value, else the job's default (flaxdistil.matches.DEFAULTS):
@@ -121,6 +138,8 @@ def base(job: str) -> ml_collections.ConfigDict:
         pad_multiple=32,  # batch widths are multiples of this (few compiled shapes)
         log_every=10,
         checkpoint_every=200 if general else 100,  # full state + data position; 0 = end only
+        async_checkpoint=True,  # write checkpoints in the background while training goes on
+        prefetch=2,  # batches collated and put on the devices ahead, in a thread (0: inline)
         desc="",  # progress-bar label
     )
     c.eval = dict(
@@ -141,4 +160,52 @@ def base(job: str) -> ml_collections.ConfigDict:
     if not general:
         # scripts/compare_models.py: 'name=path[@layers];...' trained with this same config
         c.compare = dict(models="", plot_metric="mcc")
+    return c
+
+
+def _multitask() -> ml_collections.ConfigDict:
+    """base('task') plus the tasks (scripts/distill_multitask.py, flaxdistil/jobs/multitask.py).
+
+    Each entry of ``tasks``: ``name`` (its prefix in the logs and its export
+    ``best_hf/<name>``), any field of ``data`` (``dataset`` or ``train_file`` is required; the
+    others default to ``data``'s), ``teacher`` (a fine-tuned HF directory of that task) or
+    ``teachers`` (a list, as the top-level one), ``metric`` (its eval metric; default accuracy,
+    pearson, micro_f1, token_accuracy or f1 by task type) and ``distill`` (its own distill
+    fields: temperature, kd_loss_weight, hard_label_weight, ...). Each step trains the encoder
+    and one task's head on one batch of that task, drawn with probability |d|^tau / sum |d'|^tau,
+    |d| its training batches per epoch (TextBrewer's MultiTaskDistiller; ``multitask.tau``); an
+    epoch is the tasks' batches summed. ``eval.metric='mean'``: early stopping and the best
+    checkpoint follow the mean of the tasks' metrics (all larger-is-better or all smaller), or
+    name one task's, '<name>/<metric>'. One field of an entry from the command line:
+    ``--config.tasks.<name>.teacher=DIR``.
+    """
+    c = base("task")
+    c.tasks = []
+    c.multitask = dict(tau=1.0)
+    c.eval.metric = "mean"
+    return c
+
+
+# The four 3-layer students of a task's fair comparison (configs/brown_pos_minilm.py,
+# configs/movie_regression_minilm.py): two initialisations x with / without the teacher.
+STUDENT_ARMS = ("distill", "baseline_ft", "distill_pre", "baseline")
+
+
+def student_arms(c, arg, lr: float) -> ml_collections.ConfigDict:
+    """The teacher config ``c`` (arg None) or one of STUDENT_ARMS on top of it: every other
+    layer at learning rate ``lr``, sliced from teacher.path, the fine-tuned teacher ('distill',
+    'baseline_ft') or from student.path, the pretrained model the teacher started from
+    ('distill_pre', 'baseline'); the 'baseline*' arms train without the teacher's outputs."""
+    if arg is None:
+        return c
+    if arg not in STUDENT_ARMS:
+        raise ValueError(
+            f"unknown argument {arg!r}: expected none or one of {', '.join(STUDENT_ARMS)}"
+        )
+    c.student.layers = "every_other"
+    c.train.learning_rate = lr
+    if arg in ("distill", "baseline_ft"):
+        c.student.init = "slice"
+    if arg in ("baseline_ft", "baseline"):
+        c.distill.kd_loss_weight = 0.0
     return c

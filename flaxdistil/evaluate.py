@@ -46,10 +46,19 @@ def token_level_arrays(outs, encoded):
     return _pad_rows(rows, width, 0.0), _pad_rows(labels, width, objective.IGNORE_INDEX)
 
 
-def evaluate_task(forward, params, data, split: str, *, batch_size: int = 64, pad_id: int = 0):
-    """``metrics.compute``'s metrics for the task, plus 'loss' (the hard loss; not for QA)."""
+def evaluate_task(
+    forward, params, data, split: str, *, batch_size: int = 64, pad_id: int = 0, per_label=False
+):
+    """``metrics.compute``'s metrics for the task, plus 'loss' (the hard loss; not for QA).
+    ``per_label``: also 'per_label', ``metrics.label_report``'s table by class or tag name
+    (classification and token classification; the other tasks have none)."""
+    outs = predict(forward, params, data.splits[split], batch_size, pad_id)
+    return score_outputs(outs, data, split, per_label)
+
+
+def score_outputs(outs: list[np.ndarray], data, split: str, per_label=False) -> dict:
+    """The metrics of per-example outputs (``predict``'s) on ``split``."""
     task, encoded = data.spec.task_type, data.splits[split]
-    outs = predict(forward, params, encoded, batch_size, pad_id)
     if task == "qa":
         from flaxdistil.data.qa import postprocess_predictions
 
@@ -64,7 +73,33 @@ def evaluate_task(forward, params, data, split: str, *, batch_size: int = 64, pa
         logits, labels = np.stack(outs), encoded.labels
     loss = float(objective.hard_loss(jnp.asarray(logits), jnp.asarray(labels), task))
     preds = logits[:, 0] if task == "regression" else logits
-    return {"loss": loss, **metrics.compute(task, preds, labels, data.spec.label_names)}
+    names = data.spec.label_names
+    out = {"loss": loss, **metrics.compute(task, preds, labels, names)}
+    report = metrics.label_report(task, preds, labels, names) if per_label else None
+    return out if report is None else {**out, "per_label": report}
+
+
+def ensemble_outputs(per_model: list[list[np.ndarray]], weights, average: str, task: str):
+    """Per-example outputs of an ensemble: the weighted mean of the models' logits (TextBrewer's
+    multi-teacher rule) or, with average='probs', the log of the weighted mean of their
+    probabilities (softmax; per-label sigmoids for multi-label), which every metric reads as
+    logits. The same two rules the KD target of several teachers uses (objective.kd_loss)."""
+    w = np.asarray(weights, np.float64) / np.sum(weights)
+    if average not in ("logits", "probs"):
+        raise ValueError(f"average must be 'logits' or 'probs', got {average!r}")
+    if average == "probs" and task in ("regression", "qa"):
+        raise ValueError(f"average='probs' has no meaning for {task}: use 'logits'")
+    out = []
+    for rows in zip(*per_model):
+        x = np.stack([np.asarray(r, np.float64) for r in rows])
+        wx = w.reshape((-1,) + (1,) * (x.ndim - 1))
+        if average == "logits":
+            out.append((wx * x).sum(0).astype(np.float32))
+            continue
+        kind = "bce" if task == "multilabel" else "ce"
+        z = objective.mean_probs_as_logits(list(jnp.asarray(x)), w, 1.0, kind)
+        out.append(np.asarray(z, np.float32))
+    return out
 
 
 # model and objective static (both hashable): one compilation per shape for the whole run, not

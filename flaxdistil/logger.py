@@ -41,11 +41,24 @@ class MetricsLogger:
             self.fields = list(row)
             with self.path.open("w", newline="") as f:
                 csv.writer(f).writerow(self.fields)
+        elif any(k not in self.fields for k in row):
+            self._widen([k for k in row if k not in self.fields])
         with self.path.open("a", newline="") as f:
             csv.DictWriter(f, self.fields, extrasaction="ignore").writerow(row)
         if self.tb is not None:
             for k, v in metrics.items():
                 self.tb.add_scalar(k, v, step)
+
+    def _widen(self, new: list[str]) -> None:
+        """Rewrite the CSV with columns ``new`` added (empty in the rows before): a term that
+        first appears late, such as a task's loss in a multi-task run (flaxdistil/multitask.py)."""
+        with self.path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+        self.fields = self.fields + new
+        with self.path.open("w", newline="") as f:
+            w = csv.DictWriter(f, self.fields)
+            w.writeheader()
+            w.writerows(rows)
 
     def truncate_after(self, step: int) -> None:
         """On resume, drop rows logged after the checkpoint (they will be produced again)."""
@@ -87,6 +100,7 @@ class Progress:
             smoothing=0.1,
         )
         self.t0, self.tokens = time.perf_counter(), 0
+        self.per_task: dict[str, str] = {}  # '<task>/loss': the last one, between its steps
 
     def update(self, n: int, tokens: int, metrics: dict[str, float]) -> None:
         self.tokens += tokens
@@ -94,6 +108,8 @@ class Progress:
         shown = {
             k.removeprefix("loss_"): f"{v:.3g}" for k, v in metrics.items() if k.startswith("loss")
         }
+        self.per_task.update({k: f"{v:.3g}" for k, v in metrics.items() if "/" in k})
+        shown.update(self.per_task)
         self.bar.set_postfix(tok_s=f"{self.tokens / dt:,.0f}", **shown, refresh=False)
         self.bar.update(n)
 

@@ -1,12 +1,18 @@
 """The one training loop every job runs.
 
-Dispatch-ahead metrics (step t is dispatched before step t-1's metrics are fetched), a CSV of
-every loss term and TensorBoard (``train.csv``), a progress bar, evaluation every ``eval.every``
-steps, at each epoch end (``eval.at_epoch_end``) and at the last step (``eval.csv``), early
-stopping with patience, the best params kept (``<workdir>/best``), orbax checkpoints of the
-state + data position + early-stopping state every ``train.checkpoint_every`` steps and at the
-end (``<workdir>/checkpoints``), exact resume from them, and a stop with one clear line on a
-non-finite loss that never saves the bad state.
+Dispatch-ahead metrics: the host dispatches up to ``AHEAD`` steps ahead of the device, each
+step's metrics stay on the device, and those of the finished steps are fetched together about
+once a second (all of them before each eval and save), so the host never makes the device wait
+between steps; every step's metrics are still checked (a stop with one clear line on a
+non-finite loss that never saves the bad state) and logged at ``train.log_every``. The batches
+are collated and placed on the devices ahead in a background thread (``train.prefetch``,
+flaxdistil/prefetch.py). A CSV of every loss term and TensorBoard (``train.csv``), a progress
+bar, evaluation every ``eval.every`` steps, at each epoch end (``eval.at_epoch_end``) and at the
+last step (``eval.csv``), early stopping with patience, the best params kept
+(``<workdir>/best``), orbax checkpoints of the state + data position + early-stopping state
+every ``train.checkpoint_every`` steps and at the end (``<workdir>/checkpoints``), written in
+the background while training goes on (``train.async_checkpoint``; the run waits for them
+before it returns), and exact resume from them.
 
 Multi-host: every process runs the loop in lockstep on its share of each global batch; process 0
 alone writes the CSVs, TensorBoard and the progress bar, all processes take part in the orbax
@@ -27,8 +33,19 @@ import jax
 from flaxdistil import sharding
 from flaxdistil.checkpoint import Checkpointer
 from flaxdistil.logger import MetricsLogger, Progress, check_finite
+from flaxdistil.prefetch import DeviceBatches
 
 STALE = ("best", "tb", "train.csv", "eval.csv", "results.json")
+FETCH_EVERY_S = 1.0  # finished steps' metrics fetched about this often (the bar's refresh)
+AHEAD = 8  # steps dispatched ahead of the last finished one: the device never waits for the host
+
+
+def _finished(pending: list) -> int:
+    """How many of the oldest pending steps have finished (steps finish in order)."""
+    n = 0
+    while n < len(pending) and all(x.is_ready() for x in jax.tree.leaves(pending[n][1])):
+        n += 1
+    return n
 
 
 class EarlyStopping:
@@ -75,6 +92,7 @@ class Outcome:
     steps_run: int
     steps_per_epoch: int
     train_time_s: float
+    checkpoint_s: float = 0.0  # of train_time_s, spent blocked in checkpoint saves and waits
 
     def best_params(self, template):
         """NumPy params of the best eval (the last state's when nothing was evaluated), the same
@@ -99,14 +117,15 @@ class Loop:
             evaluate,
             desc,
         )
-        self.last = Checkpointer(self.workdir / "checkpoints", every=0, keep=2)
+        async_save = bool(self.t.async_checkpoint)
+        self.last = Checkpointer(self.workdir / "checkpoints", 0, keep=2, async_save=async_save)
         self.primary = sharding.is_primary()
         if self.last.latest_step() is None and self.primary:  # old outputs would pass for ours
             for stale in STALE:
                 path = self.workdir / stale
                 shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
         sharding.barrier("loop: stale outputs removed")  # before another process opens best/
-        self.best = Checkpointer(self.workdir / "best", every=0, keep=1)
+        self.best = Checkpointer(self.workdir / "best", 0, keep=1, async_save=async_save)
         self.early = EarlyStopping(self.e.metric, self.e.mode, self.e.patience, self.e.min_delta)
         self.train_log = MetricsLogger(self.workdir, "train", active=self.primary)
         self.eval_log = MetricsLogger(self.workdir, "eval", active=self.primary)
@@ -115,44 +134,55 @@ class Loop:
     def run(self, engine, batches, token_weights=None) -> Outcome:
         """Train ``engine`` (jobs.common.Engine: state, compiled step, teacher params, hparams,
         mesh) on ``batches`` to the total step count, from the last checkpoint if there is one."""
-        step_fn, mesh, t_params, hparams = (
-            sharding.compile_together(engine.step_fn),
-            engine.mesh,
-            engine.teacher_params,
-            engine.hparams,
-        )
-        rng = jax.random.key(self.t.seed)
-        batches.select_rows(*sharding.process_rows(mesh, batches.batch_size))
+        batches.select_rows(*sharding.process_rows(engine.mesh, batches.batch_size))
         state, start = self._maybe_resume(engine.state, batches)
         self.t0 = time.perf_counter() - self.elapsed0
         self.bar = Progress(self.total, start, self.desc, disable=not self.primary)
-        pending, step = None, start
+        feed = DeviceBatches(batches, engine.mesh, int(self.t.prefetch))
         try:
-            while step < self.total and not self.early.should_stop:
-                batch = sharding.shard_batch(next(batches), mesh)
-                state, metrics = step_fn(state, t_params, batch, rng, hparams, token_weights)
-                step += 1
-                self._flush(pending)  # the metrics of the previous step, fetched late
-                pending = (step, metrics)
-                if self._eval_due(step, batches):
-                    self._flush(pending)  # never evaluate or save a state whose loss is NaN
-                    pending = None
-                    self._eval(step, state, batches)
-                if step == self.total or (
-                    self.t.checkpoint_every and step % self.t.checkpoint_every == 0
-                ):
-                    self._flush(pending)
-                    pending = None
-                    self._save(step, state, batches)
-            if pending is not None:
-                self._flush(pending)
-                self._save(step, state, batches)
+            state, step = self._steps(engine, feed, state, start, token_weights)
         finally:
+            feed.close()
             self.bar.close()
             for log in (self.train_log, self.eval_log):
                 log.close()
+            for ckpt in (self.last, self.best):  # a save in flight reaches the disk before the
+                ckpt.wait()  # job reads the best params or exports, and when the run failed
         train_time = time.perf_counter() - self.t0
-        return Outcome(state, self.early, self.best, step, len(batches), train_time)
+        saves = self.last.blocked_s + self.best.blocked_s
+        return Outcome(state, self.early, self.best, step, len(batches), train_time, saves)
+
+    def _steps(self, engine, feed, state, step: int, token_weights):
+        step_fn = sharding.compile_together(engine.step_fn)
+        t_params, hparams, rng = engine.teacher_params, engine.hparams, jax.random.key(self.t.seed)
+        pending: list = []  # (step, metrics still on the device), oldest first
+        self.fetched_at = time.perf_counter()
+        while step < self.total and not self.early.should_stop:
+            batch = next(feed)
+            state, metrics = step_fn(state, t_params, batch, rng, hparams, token_weights)
+            step += 1
+            pending.append((step, metrics))
+            if len(pending) > AHEAD:  # the host's lead over the device stays AHEAD steps
+                jax.block_until_ready(pending[-AHEAD - 1][1])
+            if time.perf_counter() - self.fetched_at >= FETCH_EVERY_S:
+                done = _finished(pending)  # fetched without waiting: the device keeps going
+                self._flush(pending[:done])
+                del pending[:done]
+            eval_due = self._eval_due(step, feed)
+            save_due = step == self.total or (
+                self.t.checkpoint_every and step % self.t.checkpoint_every == 0
+            )
+            if eval_due or save_due:
+                self._flush(pending)  # never evaluate or save a state whose loss is NaN
+                pending.clear()
+            if eval_due:
+                self._eval(step, state, feed)
+            if save_due:
+                self._save(step, state, feed)
+        if pending:  # stopped early
+            self._flush(pending)
+            self._save(step, state, feed)
+        return state, step
 
     def _eval_due(self, step: int, batches) -> bool:
         if self.evaluate is None:
@@ -183,16 +213,26 @@ class Loop:
         }
         self.last.save(step, state, pos, force=True)
 
-    def _flush(self, item) -> None:
-        if item is None:
+    def _flush(self, items: list) -> None:
+        """Fetch the metrics of ``items`` ((step, metrics) in step order) in one transfer, check
+        each step's (a non-finite one stops the run there), log and show them."""
+        if not items:
             return
-        step, m = item
-        host = {k: float(v) for k, v in jax.device_get(m).items()}
-        check_finite(step, host)
-        if step % self.t.log_every == 0 or step == self.total:
-            self.train_log.write(step, host)
-        shown = {k: v for k, v in host.items() if k == "loss" or (k.startswith("loss_") and v)}
-        self.bar.update(1, int(host["tokens"]), shown)
+        fetched = jax.device_get([m for _, m in items])
+        self.fetched_at = time.perf_counter()
+        tokens, shown = 0, {}
+        for (step, _), m in zip(items, fetched):
+            host = {k: float(v) for k, v in m.items()}
+            check_finite(step, host)
+            if step % self.t.log_every == 0 or step == self.total:
+                self.train_log.write(step, host)
+            tokens += int(host["tokens"])
+            shown = {  # a multi-task run's '<task>/loss' too
+                k: v
+                for k, v in host.items()
+                if k == "loss" or k.endswith("/loss") or (k.startswith("loss_") and v)
+            }
+        self.bar.update(len(items), tokens, shown)
 
     def _eval(self, step: int, state, batches) -> None:
         m = self.evaluate(state.params)

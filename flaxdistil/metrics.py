@@ -71,6 +71,26 @@ def macro_f1(predictions, labels) -> float:
     return float(np.mean(list(scores.values()))) if scores else 0.0
 
 
+def per_label_report(predictions, labels, label_names=None) -> dict[str, dict[str, float]]:
+    """sklearn's ``classification_report(output_dict=True)`` per class: {name: {'precision',
+    'recall', 'f1-score', 'support'}} for every class seen in labels or predictions (its default
+    label set), named by ``label_names[id]`` when given, else by the id."""
+    classes, cm = confusion_matrix(predictions, labels)
+    tp = np.diag(cm).astype(np.float64)
+    predicted, support = cm.sum(axis=0), cm.sum(axis=1)
+    out = {}
+    for c, t, p, n in zip(classes, tp, predicted, support):
+        precision, recall = _safe_div(t, p), _safe_div(t, n)
+        name = str(label_names[c]) if label_names is not None else str(int(c))
+        out[name] = {
+            "precision": precision,
+            "recall": recall,
+            "f1-score": _f1(precision, recall),
+            "support": int(n),
+        }
+    return out
+
+
 def matthews_corrcoef(predictions, labels) -> float:
     """Multi-class MCC (Gorodkin 2004), the formula sklearn uses; 0.0 when undefined."""
     _, cm = confusion_matrix(predictions, labels)
@@ -237,6 +257,7 @@ METRICS: dict[str, Callable] = {
     "accuracy": accuracy,
     "macro_f1": macro_f1,
     "per_class_f1": per_class_f1,
+    "per_label_report": per_label_report,
     "mcc": matthews_corrcoef,
     "pearson": pearson,
     "spearman": spearman,
@@ -254,6 +275,16 @@ def _class_ids(predictions, labels) -> np.ndarray:
     if predictions.ndim == np.asarray(labels).ndim + 1:
         predictions = predictions.argmax(axis=-1)
     return predictions
+
+
+def label_report(task_type: str, predictions, labels, label_names=None) -> dict | None:
+    """``per_label_report`` for a task with one class per example or token (classification,
+    token classification; ignored tokens left out), None for the other task types."""
+    if task_type not in ("classification", "token_classification"):
+        return None
+    ids, labels = _class_ids(predictions, labels), np.asarray(labels)
+    keep = labels != IGNORE_INDEX
+    return per_label_report(ids[keep], labels[keep], label_names)
 
 
 def compute(task_type: str, predictions, labels, label_names=None) -> dict[str, float]:

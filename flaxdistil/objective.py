@@ -420,8 +420,10 @@ def compose(obj: Objective, student_out, targets, batch, labels, proj_params, hp
     temperature = jnp.asarray(hparams["temperature"], jnp.float32)
     if obj.use_kd:
         t_logits = [t["logits"] for t in targets]
+        # A teacher with its own tokenizer (token classification): the aligned words only.
+        kd_mask = batch.get("kd_mask", mask)
         terms["loss_kd"], temperature = kd_loss(
-            obj, s_logits, t_logits, mask, labels, hparams["temperature"]
+            obj, s_logits, t_logits, kd_mask, labels, hparams["temperature"]
         )
         total = total + w_kd * terms["loss_kd"]
     if obj.matches:

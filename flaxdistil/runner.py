@@ -152,16 +152,29 @@ def _parse_value(key: str, raw: str, current):
     return value
 
 
+def _child_key(node, part: str):
+    """``part`` as a key of ``node``: a field of a group, or an entry of a list of dicts by
+    its index or its 'name' (``tasks.sentiment.teacher``, ``teachers.0.weight``); else None."""
+    if isinstance(node, list):
+        names = [e.get("name") if hasattr(e, "get") else None for e in node]
+        if part in names:
+            return names.index(part)
+        return int(part) if part.isdigit() and int(part) < len(node) else None
+    return part if hasattr(node, "keys") and part in node else None
+
+
 def apply_override(cfg, key: str, raw: str) -> None:
     parts, node = key.split("."), cfg
     for i, part in enumerate(parts):
-        if not hasattr(node, "keys") or part not in node:
+        child = _child_key(node, part)
+        if child is None:
             known = _keys(cfg)
             close = difflib.get_close_matches(key, known, n=1)
             hint = f" (closest: {close[0]!r})" if close else ""
             raise UsageError(f"unknown config key {key!r}{hint}")
+        parts[i] = child
         if i < len(parts) - 1:
-            node = node[part]
+            node = node[child]
     current = node[parts[-1]]
     value = _parse_value(key, raw, current)
     if hasattr(current, "items") and not isinstance(value, dict):

@@ -10,8 +10,9 @@ every loss masks out; the step then runs no teacher at all.
 An entry is ``<root>/<fingerprint>/`` with root ``<flaxdistil cache>/teacher_outputs``
 (``teacher.cache=True``) or the directory given. The fingerprint hashes the teacher's weights,
 config, head and compute dtype, the training rows' token ids (data, tokenisation and max length
-together) and max length, the targets stored and their dtype (``teacher.cache_dtype``): a change
-of any of them is another entry, built anew. A build writes into ``<fingerprint>.tmp-*``, fsyncs
+together; those of its own tokenizer for a teacher that has one) and max length, the targets
+stored and their dtype (``teacher.cache_dtype``): a change of any of them is another entry,
+built anew. A build writes into ``<fingerprint>.tmp-*``, fsyncs
 every file, writes ``meta.json`` last and renames the directory into place, so an interrupted
 build never leaves an entry that looks complete.
 
@@ -253,15 +254,18 @@ class CachedBatches(Batches):
 
     def __init__(self, encoded, batch_size, seed, pad_id, pad_multiple, caches, **kw):
         super().__init__(encoded, batch_size, seed, pad_id, pad_multiple, **kw)
-        for c in caches:
-            if not np.array_equal(c.lengths, encoded.lengths):
+        for k, c in enumerate(caches):
+            rows = self.teacher_rows.get(k, (encoded,))[0]  # a teacher's own tokens, if any
+            if not np.array_equal(c.lengths, rows.lengths):
                 raise ValueError(f"teacher cache {c.path} does not hold these training rows")
         self.caches = caches
 
     def make_batch(self, indices):
         batch = super().make_batch(indices)  # this process's rows (select_rows) of the batch
-        width, mine = batch["input_ids"].shape[1], indices[slice(*self.rows)]
+        mine = indices[slice(*self.rows)]
         for k, cache in enumerate(self.caches):
+            own = objective.batch_key(k, "input_ids")  # its own tokens' width, if it has them
+            width = batch[own if own in batch else "input_ids"].shape[1]
             for name in cache.names:
                 batch[objective.batch_key(k, name)] = cache.rows(name, mine, width)
         return batch
@@ -284,8 +288,11 @@ def prepare(cfg, teacher_list, obj, head: str, rows, pad_id: int) -> list[Teache
         model = teacher.model(head, cfg.train.attention_impl)
         forward = _forward(obj, k, model, teacher.run_params())
         specs = objective.target_specs(obj, k)
+        t_rows, t_pad = rows, pad_id
+        if teacher.own_tokenizer is not None:  # it reads (and the key covers) its own token ids
+            t_rows, t_pad = teacher.rows, teacher.own_tokenizer.pad_token_id
         parts = key_parts(
-            teacher, head, cfg.train.attention_impl, rows, cfg.data.max_length, specs, dtype
+            teacher, head, cfg.train.attention_impl, t_rows, cfg.data.max_length, specs, dtype
         )
         path = root / fingerprint(parts)
         if is_complete(path, parts):
@@ -298,7 +305,7 @@ def prepare(cfg, teacher_list, obj, head: str, rows, pad_id: int) -> list[Teache
               f"examples into {path}", flush=True)  # fmt: skip
         t0 = time.perf_counter()
         templates = templates_for(obj, k, forward)
-        caches.append(build(path, forward, rows, parts, templates, dtype, pad_id,
+        caches.append(build(path, forward, t_rows, parts, templates, dtype, t_pad,
                             cfg.eval.batch_size))  # fmt: skip
         took = time.perf_counter() - t0
         print(f"teacher cache: {_size_mb(path):.2f} MB written in {took:.1f}s", flush=True)

@@ -12,9 +12,21 @@ target is the weighted mean of their logits, TextBrewer's MultiTeacherDistiller 
 their probabilities with ``distill.teacher_average='probs'``), ``dtype`` (default
 ``teacher.dtype``; 'bfloat16' stores and runs that teacher in bf16) and optional
 ``intermediate_matches`` counted in that teacher's layers (default: ``distill.intermediate_matches``
-or the preset's, resolved for that teacher's depth and width). Teachers may differ in size and
-architecture; they must share the student's vocabulary (a teacher with its own tokenizer is not
-supported: its token ids would mean other tokens).
+or the preset's, resolved for that teacher's depth and width) and ``tokenizer`` (default
+``teacher.tokenizer``, else the teacher's own directory). Teachers may differ in size and
+architecture.
+
+A teacher whose tokenizer differs from the student's (TextBrewer's separate teacher and student
+batches; ``resolve_tokenizers``) gets the task data encoded with its own tokenizer too: each
+training batch then carries its own ``teacher<k>/input_ids`` / ``attention_mask`` /
+``token_type_ids`` for the same examples, and it runs on those inside the step. What is defined
+between two tokenisations: KD on sequence-level logits (classification, regression, multi-label)
+with any pair; token classification by words (the teacher's logits at the first sub-token of
+each word placed at the student's first sub-token of that word, KD only there). Refused in one
+line: general (MLM) distillation (the two MLM heads predict over different vocabularies at
+different masked tokens), QA (start/end logits run over each side's own tokens), and every
+intermediate match (hidden states and attentions are per token: the tokens do not correspond).
+A teacher directory without tokenizer files is taken to share the student's.
 """
 
 from __future__ import annotations
@@ -28,7 +40,7 @@ import jax.numpy as jnp
 
 from flaxdistil import hf
 
-ENTRY_KEYS = ("path", "weight", "dtype", "intermediate_matches")
+ENTRY_KEYS = ("path", "weight", "dtype", "intermediate_matches", "tokenizer")
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json")
 
 
@@ -39,6 +51,11 @@ class Teacher:
     weight: float = 1.0
     dtype: str = "float32"
     intermediate_matches: list | None = None  # None: the distill fields' (config > preset)
+    tokenizer: str = ""  # where its tokenizer is read ("": its own directory)
+    # Set by resolve_tokenizers when it tokenises unlike the student: its tokenizer, and the
+    # training rows in its tokenisation (the task job encodes them).
+    own_tokenizer: object = None
+    rows: object = None
 
     @property
     def config(self):
@@ -96,6 +113,7 @@ def _entry(cfg, raw, i) -> dict:
         "weight": float(weight),
         "dtype": e.get("dtype") or cfg.teacher.dtype,
         "intermediate_matches": None if ims is None else [dict(m) for m in ims],
+        "tokenizer": str(e.get("tokenizer") or cfg.teacher.get("tokenizer", "") or ""),
     }
 
 
@@ -121,33 +139,70 @@ def load(cfg, head: str, **head_fields) -> list[Teacher]:
     return out
 
 
-def check_vocab(teachers: list[Teacher], s_cfg, tokenizer) -> None:
-    """Refuse a teacher whose vocabulary is not the student's, in one line: with another
-    tokenizer the same ids are other tokens (separate teacher batches are not supported)."""
-    vocab = None
+def resolve_tokenizers(teachers: list[Teacher], s_cfg, tokenizer, task: str) -> None:
+    """Set ``own_tokenizer`` on each teacher that tokenises unlike the student (``tokenizer``);
+    refuse, in one line, a pair that cannot be distilled (see the module docstring)."""
     for t in teachers:
-        if t.config.vocab_size != s_cfg.vocab_size:
-            raise ValueError(
-                f"teacher {t.path} has vocab_size {t.config.vocab_size}, the student "
-                f"{s_cfg.vocab_size}: teachers must share the student's vocabulary (a teacher "
-                "with its own tokenizer is not supported)"
-            )
-        own = _tokenizer_vocab(t.pre.path)
+        own = _own_tokenizer(t)
         if own is None:
+            if t.config.vocab_size != s_cfg.vocab_size:
+                raise ValueError(
+                    f"teacher {t.path} has vocab_size {t.config.vocab_size}, the student "
+                    f"{s_cfg.vocab_size}, and no tokenizer files: name its tokenizer with "
+                    "teacher.tokenizer (or the teachers entry's 'tokenizer')"
+                )
             continue
-        vocab = tokenizer.get_vocab() if vocab is None else vocab
-        if own != vocab:
-            diff = sorted(set(own.items()) ^ set(vocab.items()))[:1]
+        if same_tokenizer(own, tokenizer):
+            continue
+        why = _refusal(task)
+        if why:
             raise ValueError(
-                f"teacher {t.path}'s tokenizer differs from the student's ({len(own)} vs "
-                f"{len(vocab)} tokens, e.g. {diff[0] if diff else '?'}): teachers must share "
-                "the student's vocabulary (a teacher with its own tokenizer is not supported)"
+                f"teacher {t.path}'s tokenizer differs from the student's "
+                f"({_differences(own, tokenizer)}): {why}"
             )
+        t.own_tokenizer = own
 
 
-def _tokenizer_vocab(path: Path) -> dict | None:
-    if not any((Path(path) / f).exists() for f in _TOKENIZER_FILES):
-        return None
+def same_tokenizer(a, b) -> bool:
+    """The same token ids for every text: the tokenizers' definitions (vocabulary, normaliser,
+    pre-tokeniser, special-token template) agree; truncation / padding are call settings."""
+    import json
+
+    state = lambda tok: {
+        k: v
+        for k, v in json.loads(tok.backend_tokenizer.to_str()).items()
+        if k not in ("truncation", "padding")
+    }
+    return a is b or state(a) == state(b)
+
+
+def _refusal(task: str) -> str | None:
+    if task == "mlm":
+        return (
+            "general (MLM) distillation needs one vocabulary: the two MLM heads predict over "
+            "different vocabularies at different masked tokens, so KD between them is undefined; "
+            "use a teacher with the student's tokenizer"
+        )
+    if task == "qa":
+        return (
+            "QA start/end logits run over each tokenizer's own tokens, which do not correspond; "
+            "use a teacher with the student's tokenizer"
+        )
+    return None
+
+
+def _differences(own, tokenizer) -> str:
+    a, b = own.get_vocab(), tokenizer.get_vocab()
+    diff = sorted(set(a.items()) ^ set(b.items()))[:1]
+    return f"{len(a)} vs {len(b)} tokens" + (f", e.g. {diff[0]}" if diff else "")
+
+
+def _own_tokenizer(t: Teacher):
+    """Its tokenizer (teacher.tokenizer, else its directory's); None when it has none."""
     from flaxdistil.data import text_pipeline
 
-    return text_pipeline.load_tokenizer(path).get_vocab()
+    if t.tokenizer:
+        return text_pipeline.load_tokenizer(hf.resolve(t.tokenizer))
+    if not any((Path(t.pre.path) / f).exists() for f in _TOKENIZER_FILES):
+        return None
+    return text_pipeline.load_tokenizer(t.pre.path)

@@ -4,7 +4,10 @@
 the teacher is an argument (never closed over, never donated, never saved) and runs under
 stop_gradient. Several teachers: ``teacher`` and ``teacher_params`` are tuples, one entry per
 teacher, and each runs once per step; no teacher model while the loss needs one: the teachers'
-outputs come in the batch (flaxdistil.teacher_cache). For general distillation the MLM masking
+outputs come in the batch (flaxdistil.teacher_cache). A teacher with its own tokenizer runs on its
+own ``teacher<k>/input_ids`` / ``attention_mask`` / ``token_type_ids`` of the batch (for token
+classification its logits are then gathered at the student's words: ``teacher<k>/align``,
+flaxdistil.teachers). For general distillation the MLM masking
 happens inside the step, so it is new at every step and reproducible from (rng, step). The loss
 is ``objective.compose``: hard labels, KD on logits, intermediate matches through trainable
 projections (``state.proj``). Without a teacher the step is plain fine-tuning / MLM training.
@@ -237,11 +240,38 @@ def _teacher_targets(obj, teacher, teacher_params, batch, inputs, head_kw) -> li
             raise ValueError(f"{len(models)} teacher models for {obj.n_teachers} teacher weights")
         targets = [
             objectives.teacher_targets(
-                obj, k, m.apply({"params": p}, *inputs, **head_kw, **obj.teacher_outputs(k))
+                obj,
+                k,
+                m.apply(
+                    {"params": p},
+                    *_teacher_inputs(batch, k, inputs),
+                    **head_kw,
+                    **obj.teacher_outputs(k),
+                ),
             )
             for k, (m, p) in enumerate(zip(models, params))
         ]
+    targets = [_word_aligned(batch, k, t) for k, t in enumerate(targets)]
     return jax.lax.stop_gradient(jax.tree.map(lambda x: x.astype(jnp.float32), targets))
+
+
+def _teacher_inputs(batch: dict, k: int, inputs):
+    """Teacher k's own (ids, mask, types) when it has its own tokenizer, else the student's."""
+    key = lambda name: objectives.batch_key(k, name)
+    if key("input_ids") not in batch:
+        return inputs
+    return batch[key("input_ids")], batch[key("attention_mask")], batch.get(key("token_type_ids"))
+
+
+def _word_aligned(batch: dict, k: int, targets: dict) -> dict:
+    """Token classification with teacher k's own tokenizer: its logits gathered at the teacher
+    position of each student position's word (``batching.word_alignment``), so they line up
+    with the student's; the KD reads them at ``batch['kd_mask']`` only."""
+    align = batch.get(objectives.batch_key(k, "align"))
+    if align is None or "logits" not in targets:
+        return targets
+    logits = jnp.take_along_axis(targets["logits"], align[..., None], axis=1)
+    return {**targets, "logits": logits}
 
 
 def mlm_accuracy(logits, labels):

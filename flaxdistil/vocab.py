@@ -125,3 +125,109 @@ def check_tokenizer(old, new, keep, texts) -> None:
         b = np.asarray(new(text)["input_ids"])
         if a.shape != b.shape or not np.array_equal(a, b):
             raise ValueError(f"the pruned tokenizer tokenises {text[:60]!r} differently")
+
+
+# ---------------------------------------------------------------- a student's own vocabulary
+
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # ids 0-4 of a trained one
+
+
+def train_wordpiece(texts, vocab_size: int, out_dir, min_frequency: int = 2):
+    """A WordPiece tokenizer trained on ``texts`` (tokenizers library) with MiniLM's / BERT
+    uncased's normalisation (clean text, lower case, accents stripped, CJK characters split) and
+    pre-tokenisation, saved to ``out_dir`` so AutoTokenizer loads it; returns the loaded one."""
+    from tokenizers import BertWordPieceTokenizer
+
+    if vocab_size < len(SPECIAL_TOKENS) + 1:
+        raise ValueError(f"vocab_size must exceed the {len(SPECIAL_TOKENS)} special tokens")
+    tok = BertWordPieceTokenizer(
+        clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=True
+    )
+    tok.train_from_iterator(
+        texts,
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=list(SPECIAL_TOKENS),
+        limit_alphabet=1000,  # BERT's: rare characters become [UNK] rather than tokens
+        wordpieces_prefix="##",
+    )
+    return save_wordpiece(tok, out_dir)
+
+
+def save_wordpiece(tok, out_dir):
+    """A tokenizers BertWordPieceTokenizer saved as a transformers BERT tokenizer (tokenizer.json
+    and tokenizer_config.json); returns it loaded back with AutoTokenizer."""
+    from transformers import BertTokenizerFast
+
+    from flaxdistil.data import text_pipeline
+
+    fast = BertTokenizerFast(
+        tokenizer_object=tok._tokenizer,  # BertWordPieceTokenizer wraps the Tokenizer
+        do_lower_case=True,
+        unk_token="[UNK]",
+        sep_token="[SEP]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        mask_token="[MASK]",
+        model_max_length=512,
+    )
+    fast.save_pretrained(str(out_dir))
+    return text_pipeline.load_tokenizer(out_dir)
+
+
+def token_sources(new_tokenizer, old_tokenizer) -> tuple[list[list[int]], dict]:
+    """For each new token id, the old ids whose embeddings it starts from: the same token when
+    the old vocabulary has it (specials matched by role), else the old tokenisation of its text
+    (a '##' continuation piece as a continuation: its first old piece '##'-prefixed where the
+    old vocabulary has that), else the old [UNK]. Also the counts of each case."""
+    old = old_tokenizer.get_vocab()
+    roles = {
+        getattr(new_tokenizer, r): getattr(old_tokenizer, r)
+        for r in ("pad_token", "unk_token", "cls_token", "sep_token", "mask_token")
+        if getattr(new_tokenizer, r, None) and getattr(old_tokenizer, r, None)
+    }
+    by_id = sorted(new_tokenizer.get_vocab().items(), key=lambda kv: kv[1])
+    if [i for _, i in by_id] != list(range(len(by_id))):
+        raise ValueError("the new tokenizer's ids are not 0..n-1")
+    out, counts = [], {"same": 0, "mean": 0, "unk": 0}
+    for token, _ in by_id:
+        token = roles.get(token, token)
+        if token in old:
+            out.append([old[token]])
+            counts["same"] += 1
+            continue
+        cont = token.startswith("##")
+        ids = old_tokenizer(token[2:] if cont else token, add_special_tokens=False)["input_ids"]
+        if cont and ids:
+            first = "##" + old_tokenizer.convert_ids_to_tokens(ids[0])
+            ids[0] = old.get(first, ids[0])
+        if not ids:
+            ids = [old_tokenizer.unk_token_id]
+        out.append(list(ids))
+        counts["mean" if ids != [old_tokenizer.unk_token_id] else "unk"] += 1
+    return out, counts
+
+
+def own_vocabulary(params, cfg: ModelConfig, old_tokenizer, new_tokenizer):
+    """(params, config, report) of the model with ``new_tokenizer``'s vocabulary: each new word
+    embedding (and MLM decoder bias) is the mean of the old rows of ``token_sources``, so a model
+    keeps its layers and starts from what its embeddings knew of each new token."""
+    sources, counts = token_sources(new_tokenizer, old_tokenizer)
+    mean_rows = lambda table: np.stack([np.asarray(table)[ids].mean(0) for ids in sources])
+    enc = dict(params["encoder"])
+    if "embeddings" not in enc or "word_embeddings" not in enc["embeddings"]:
+        raise ValueError(f"a {cfg.model_type} model has no BERT-style word embedding table")
+    emb = dict(enc["embeddings"])
+    table = emb["word_embeddings"]["embedding"]
+    emb["word_embeddings"] = {"embedding": mean_rows(table).astype(np.asarray(table).dtype)}
+    enc["embeddings"] = emb
+    out = {**params, "encoder": enc}
+    for head in ("mlm", "xlnet_lm"):
+        if head in out:
+            out[head] = {**out[head], "bias": mean_rows(out[head]["bias"])}
+    report = (
+        f"{len(sources):,} tokens: {counts['same']:,} in the old vocabulary, {counts['mean']:,} "
+        f"means of their old pieces, {counts['unk']:,} from [UNK]"
+    )
+    new_cfg = cfg.replace(vocab_size=len(sources), pad_token_id=new_tokenizer.pad_token_id)
+    return out, new_cfg, report

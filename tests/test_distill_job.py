@@ -123,7 +123,9 @@ def read_csv(path: Path) -> list[dict]:
 
 
 def checkpoint_steps(workdir: Path) -> list[int]:
-    return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    """The finished checkpoints' steps (orbax renames a save's temporary directory when done)."""
+    d = workdir / "checkpoints"
+    return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit()) if d.is_dir() else []
 
 
 def restore_params(workdir: Path, step: int):
@@ -161,15 +163,19 @@ def task_run_a(teacher_dir, tmp_path_factory):
 
 
 def kill_then_resume(cmd, workdir):
-    """Start ``cmd``, SIGKILL it once 6 steps are logged, leave a half-written checkpoint as a
-    kill during a save would, run ``cmd`` again to the end; returns the resumed process."""
+    """Start ``cmd``, SIGKILL it once 6 steps are logged and a checkpoint >= 4 is written, leave
+    a half-written checkpoint as a kill during a save would, run ``cmd`` again to the end;
+    returns the resumed process."""
     proc = subprocess.Popen(
         cmd, env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     csv_path, deadline = workdir / "train.csv", time.monotonic() + 300
     try:
         while time.monotonic() < deadline and proc.poll() is None:
-            if csv_path.exists() and len(read_csv(csv_path)) >= 6:
+            # a finished checkpoint too: saves are asynchronous, so 6 logged steps do not yet
+            # mean that the step-4 checkpoint is on disk
+            rows = len(read_csv(csv_path)) if csv_path.exists() else 0
+            if rows >= 6 and any(s >= 4 for s in checkpoint_steps(workdir)):
                 break
             time.sleep(0.05)
         proc.send_signal(signal.SIGKILL)

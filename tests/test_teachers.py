@@ -151,7 +151,8 @@ def _cfg(**kw):
 def test_teacher_entries_and_their_errors():
     assert teachers.entries(_cfg()) == []
     one = teachers.entries(_cfg(teacher__path="a", teacher__dtype="bfloat16"))
-    assert one == [{"path": "a", "weight": 1.0, "dtype": "bfloat16", "intermediate_matches": None}]
+    assert one == [{"path": "a", "weight": 1.0, "dtype": "bfloat16", "intermediate_matches": None,
+                    "tokenizer": ""}]  # fmt: skip
     two = teachers.entries(_cfg(teachers=[{"path": "a"}, {"path": "b", "weight": 2}]))
     assert [(e["path"], e["weight"], e["dtype"]) for e in two] == [
         ("a", 1.0, "float32"),
@@ -170,8 +171,10 @@ def test_teacher_entries_and_their_errors():
         assert "\n" not in str(e.value)
 
 
-def test_a_teacher_with_another_vocabulary_is_refused(tmp_path):
-    """A different vocab_size, or the same size with other tokens: one line each."""
+def test_a_teacher_with_another_vocabulary(tmp_path):
+    """Two tokens swapped: another tokenizer, refused for general distillation in one line and
+    taken as the teacher's own for a task; the same vocabulary is shared (no own tokenizer).
+    (tests/test_tokenizers.py runs teachers with their own tokenizers.)"""
     from flaxdistil import assets
     from flaxdistil.data import text_pipeline
 
@@ -186,13 +189,19 @@ def test_a_teacher_with_another_vocabulary_is_refused(tmp_path):
     config = '{"tokenizer_class": "BertTokenizer", "do_lower_case": true}'
     (other / "tokenizer_config.json").write_text(config)
     pre = lambda path, vocab: hf.Pretrained(s_cfg.replace(vocab_size=vocab), {}, None, path, None)
-    with pytest.raises(ValueError, match="vocab_size 30600, the student 30522") as e:
-        teachers.check_vocab([teachers.Teacher(pre(tmp_path, 30600), "big")], s_cfg, tok)
+    with pytest.raises(ValueError, match="vocab_size 30600, the student 30522, and no tok") as e:
+        teachers.resolve_tokenizers([teachers.Teacher(pre(tmp_path, 30600), "big")], s_cfg, tok,
+                                    "classification")  # fmt: skip
     assert "\n" not in str(e.value)
-    with pytest.raises(ValueError, match="tokenizer differs from the student's") as e:
-        teachers.check_vocab([teachers.Teacher(pre(other, len(tok)), "other")], s_cfg, tok)
+    swapped = teachers.Teacher(pre(other, len(tok)), "other")
+    with pytest.raises(ValueError, match="tokenizer differs from the student's .*MLM") as e:
+        teachers.resolve_tokenizers([swapped], s_cfg, tok, "mlm")
+    assert "\n" not in str(e.value)
+    teachers.resolve_tokenizers([swapped], s_cfg, tok, "classification")
+    assert swapped.own_tokenizer is not None
     same = teachers.Teacher(pre(Path(assets.minilm_dir()), len(tok)), "minilm")
-    teachers.check_vocab([same], s_cfg, tok)  # the same vocabulary passes
+    teachers.resolve_tokenizers([same], s_cfg, tok, "mlm")  # the same vocabulary passes
+    assert same.own_tokenizer is None
 
 
 # ---------------------------------------------------------------- a two-teacher run

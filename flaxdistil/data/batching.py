@@ -11,6 +11,13 @@ Training drops an epoch's last partial batch (``drop_last=True``): every batch t
 ``batch_size`` rows, which a data-parallel mesh needs. Evaluation (``eval_batches``) sees every
 row once, in length order, the last batch filled with empty rows so the shape holds.
 
+Teachers with their own tokenizer (``teacher_rows``: teacher k -> (its Encoded of the same
+examples, its pad id)): each batch also carries ``teacher<k>/input_ids`` / ``attention_mask`` /
+``token_type_ids``, the same examples in that teacher's tokens padded to their own width, and
+for token classification ``teacher<k>/align`` (the teacher position of each student position's
+word) and ``kd_mask`` (the student's first sub-tokens whose word every such teacher has;
+``word_alignment``).
+
 Multi-host: every process plans the same global batches; ``select_rows(start, stop)`` makes the
 iterator yield only rows [start, stop) of each, padded to the global batch's width, so each process
 materialises its share and the global batch is the same whatever the process count. The position
@@ -23,6 +30,9 @@ from __future__ import annotations
 import numpy as np
 
 from flaxdistil.data.tasks import Encoded, collate, padded_width
+from flaxdistil.objective import batch_key
+
+TEACHER_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 def fill_rows(batch: dict, rows: int, pad_id: int, token_level: bool) -> dict:
@@ -47,6 +57,7 @@ class Batches:
         pad_multiple: int = 32,
         group_batches: int = 50,
         group_by_length: bool = True,
+        teacher_rows: dict | None = None,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -60,6 +71,15 @@ class Batches:
         self.group_batches = group_batches if group_by_length else 0
         self.epoch = self.index = 0
         self.rows = (0, batch_size)
+        self.teacher_rows = dict(teacher_rows or {})
+        for k, (rows, _) in self.teacher_rows.items():
+            if len(rows) != len(encoded):
+                raise ValueError(
+                    f"teacher {k}'s encoding has {len(rows)} rows for {len(encoded)} examples"
+                )
+            words = [len(e.word_ids) == len(e.input_ids) for e in (encoded, rows)]
+            if encoded.token_level and not all(words):
+                raise ValueError("aligning two tokenisations by words needs both word_ids")
         self._plan_epoch: int | None = None
         self._plan: np.ndarray | None = None
 
@@ -89,8 +109,17 @@ class Batches:
     def make_batch(self, indices: np.ndarray) -> dict[str, np.ndarray]:
         """The selected rows of the global batch ``indices``, padded as the whole batch is."""
         width = padded_width(self.encoded.lengths[indices], self.pad_multiple)
-        start, stop = self.rows
-        return collate(self.encoded, indices[start:stop], self.pad_id, self.pad_multiple, width)
+        mine = indices[slice(*self.rows)]
+        batch = collate(self.encoded, mine, self.pad_id, self.pad_multiple, width)
+        for k, (rows, pad_id) in self.teacher_rows.items():
+            t_width = padded_width(rows.lengths[indices], self.pad_multiple)
+            own = collate(rows, mine, pad_id, self.pad_multiple, t_width)
+            batch.update({batch_key(k, n): own[n] for n in TEACHER_INPUTS})
+            if self.encoded.token_level:
+                align, found = word_alignment(self.encoded, rows, mine, width)
+                batch[batch_key(k, "align")] = align
+                batch["kd_mask"] = batch.get("kd_mask", found) & found
+        return batch
 
     def __iter__(self):
         return self
@@ -114,6 +143,27 @@ class Batches:
         if int(state["seed"]) != self.seed:
             self.seed, self._plan_epoch = int(state["seed"]), None
         self.epoch, self.index = int(state["epoch"]), int(state["index"])
+
+
+def word_alignment(student: Encoded, teacher: Encoded, idx, width: int):
+    """(align [B, width], found [B, width]) for rows ``idx`` of two tokenisations of the same
+    words: at the student's first sub-token of word w, the position of the teacher's first
+    sub-token of w and found 1; 0 and 0 elsewhere (later sub-tokens, specials, padding, and
+    words one side's truncation cut)."""
+    align = np.zeros((len(idx), width), np.int32)
+    found = np.zeros((len(idx), width), np.int32)
+    s_off, t_off = student.offsets, teacher.offsets
+    for r, i in enumerate(idx):
+        s_w = student.word_ids[s_off[i] : s_off[i + 1]]
+        t_w = teacher.word_ids[t_off[i] : t_off[i + 1]]
+        t_pos = np.full(max(s_w.max(initial=-1), t_w.max(initial=-1)) + 1, -1, np.int64)
+        t_pos[t_w[t_w >= 0]] = np.flatnonzero(t_w >= 0)
+        (s_pos,) = np.nonzero(s_w >= 0)
+        at = t_pos[s_w[s_pos]]
+        keep = at >= 0
+        align[r, s_pos[keep]] = at[keep]
+        found[r, s_pos[keep]] = 1
+    return align, found
 
 
 def eval_batches(encoded: Encoded, batch_size: int, pad_id: int = 0, pad_multiple: int = 16):

@@ -13,6 +13,7 @@ stay compound (``ppss+md``), so ``pps+bez-hl`` -> ``pps+bez`` and ``fw-in+at-tl`
 from __future__ import annotations
 
 import functools
+import itertools
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -179,18 +180,50 @@ def wordnet_documents(root: Path | None = None, group: int = 20) -> Iterator[tup
 # ----------------------------------------------------------------------------- plain text
 
 
-def text_file_documents(path: Path) -> Iterator[tuple[str, str]]:
-    """One document per blank-line-separated paragraph of a UTF-8 text file."""
+def text_file_documents(path: Path, per_line: bool = False) -> Iterator[tuple[str, str]]:
+    """One document per blank-line-separated paragraph of a UTF-8 text file (``per_line``: per
+    non-empty line), read line by line: a file of any size streams."""
     path = Path(path)
     paragraph: list[str] = []
     index = 0
-    for line in [*path.read_text(encoding="utf-8").splitlines(), ""]:
-        if line.strip():
-            paragraph.append(line.strip())
-        elif paragraph:
-            yield f"{path.name}/{index}", " ".join(paragraph)
-            index += 1
-            paragraph = []
+    with open(path, encoding="utf-8") as f:
+        for line in itertools.chain(f, [""]):
+            if line.strip():
+                paragraph.append(line.strip())
+            if paragraph and (per_line or not line.strip()):
+                yield f"{path.name}/{index}", " ".join(paragraph)
+                index += 1
+                paragraph = []
+
+
+def text_dir_documents(root: Path) -> Iterator[tuple[str, str]]:
+    """One document per ``*.txt`` file under ``root`` (name order), its lines joined."""
+    for path in sorted(Path(root).rglob("*.txt")):
+        text = " ".join(line.strip() for line in _read_text(path).splitlines() if line.strip())
+        if text:
+            yield str(path.relative_to(root)), text
+
+
+def heldout_count(n_documents: int) -> int:
+    """The held-out part of a plain-text corpus: a fixed 2% tail (at least one document)."""
+    return max(1, n_documents // 50)
+
+
+def hf_documents(name: str, split: str, column: str = "text") -> Iterator[tuple[str, str]]:
+    """``column`` of a Hugging Face dataset split (``name`` or ``name:config``), streamed."""
+    try:
+        import datasets
+    except ImportError:
+        raise ValueError(
+            "reading a Hugging Face dataset needs the datasets package: pip install datasets"
+        ) from None
+    path, _, config = name.partition(":")
+    ds = datasets.load_dataset(path, config or None, split=split, streaming=True)
+    for i, ex in enumerate(ds):
+        if column not in ex:
+            raise ValueError(f"{name} split {split!r} has columns {sorted(ex)}, not {column!r}")
+        if ex[column] and ex[column].strip():
+            yield f"{name}/{split}/{i}", ex[column]
 
 
 def english_documents() -> Iterator[tuple[str, str]]:

@@ -40,6 +40,7 @@ class TaskData:
     splits: dict[str, Encoded]
     reports: list  # DataReport per source read
     qa_eval: dict | None = None  # split -> (examples, QAEvalFeatures) for task 'qa'
+    examples: dict | None = None  # split -> the Examples before tokenisation
 
     @property
     def label_names(self):
@@ -173,7 +174,14 @@ def load_task_data(d, tokenizer, cache_dir=None) -> TaskData:
     splits = {
         s: tasks.encode(examples[s], tokenizer, spec, d.max_length, cache_dir) for s in SPLITS
     }
-    return TaskData(spec, splits, reports)
+    return TaskData(spec, splits, reports, examples=examples)
+
+
+def encode_split(data: TaskData, split: str, tokenizer, d) -> tasks.Encoded:
+    """The same examples of ``split`` in another tokenizer's tokens (a teacher's own), row for
+    row, with the data config's max_length and token cache."""
+    cache_dir = Path(d.cache_dir) if d.cache_dir else assets.cache_dir() / "task_tokens"
+    return tasks.encode(data.examples[split], tokenizer, data.spec, d.max_length, cache_dir)
 
 
 def _qa_data(examples, spec, reports, tokenizer, d) -> TaskData:

@@ -27,7 +27,7 @@ from flaxdistil.losses import IGNORE_INDEX
 
 TASK_TYPES = ("classification", "regression", "multilabel", "token_classification", "qa")
 AG_NEWS_LABELS = ("World", "Sports", "Business", "Sci/Tech")
-_CACHE_VERSION = 1  # bump when the Encoded layout changes, so stale caches are not reused
+_CACHE_VERSION = 2  # bump when the Encoded layout changes, so stale caches are not reused
 
 
 @dataclasses.dataclass(frozen=True)
@@ -442,13 +442,16 @@ class Encoded:
     dataset is a handful of arrays that save to one .npz and pad per batch.
 
     labels: [N] (class id or float target), [N, C] multi-hot, [N, 2] QA start/end, or, when
-    token_level, [T] aligned with input_ids (-100 on positions without a label)."""
+    token_level, [T] aligned with input_ids (-100 on positions without a label).
+    word_ids: token classification only, [T] aligned with input_ids: the word index at each
+    word's first sub-token, -1 elsewhere (aligns two tokenisations of the same words)."""
 
     input_ids: np.ndarray
     token_type_ids: np.ndarray
     lengths: np.ndarray
     labels: np.ndarray
     token_level: bool = False
+    word_ids: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int32))
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -470,7 +473,9 @@ class Encoded:
         return cls(**{**arrays, "token_level": bool(arrays["token_level"])})
 
 
-def from_rows(ids: list, type_ids: list | None, labels, token_level: bool = False) -> Encoded:
+def from_rows(
+    ids: list, type_ids: list | None, labels, token_level: bool = False, word_ids=None
+) -> Encoded:
     if type_ids is None:  # tokenizers without segment ids (RoBERTa-like): all zeros
         type_ids = [[0] * len(r) for r in ids]
     flat = lambda rows: np.fromiter((t for r in rows for t in r), np.int32)
@@ -482,17 +487,23 @@ def from_rows(ids: list, type_ids: list | None, labels, token_level: bool = Fals
         np.array([len(r) for r in ids], np.int32),
         np.asarray(labels),
         token_level,
+        np.zeros(0, np.int32) if word_ids is None else flat(word_ids),
     )
+
+
+def first_word_ids(word_ids: Sequence[int | None]) -> list[int]:
+    """The word index at each word's FIRST sub-token, -1 on later sub-tokens and specials."""
+    out, prev = [], None
+    for w in word_ids:
+        out.append(-1 if w is None or w == prev else int(w))
+        prev = w
+    return out
 
 
 def align_word_labels(word_ids: Sequence[int | None], word_labels: Sequence[int]) -> list[int]:
     """Each word's label goes on its FIRST sub-token; later sub-tokens and specials get -100, so
     the loss and metrics count every word exactly once."""
-    out, prev = [], None
-    for w in word_ids:
-        out.append(IGNORE_INDEX if w is None or w == prev else int(word_labels[w]))
-        prev = w
-    return out
+    return [IGNORE_INDEX if w < 0 else int(word_labels[w]) for w in first_word_ids(word_ids)]
 
 
 def _labels_array(examples: Sequence[Example], spec: TaskSpec) -> np.ndarray:
@@ -517,7 +528,9 @@ def _tokenize(examples: Sequence[Example], tokenizer, spec: TaskSpec, max_length
             max_length=max_length,
         )
         labels = [align_word_labels(tok.word_ids(i), e.label) for i, e in enumerate(examples)]
-        return from_rows(tok["input_ids"], tok.get("token_type_ids"), labels, token_level=True)
+        words = [first_word_ids(tok.word_ids(i)) for i in range(len(examples))]
+        ids, types = tok["input_ids"], tok.get("token_type_ids")
+        return from_rows(ids, types, labels, token_level=True, word_ids=words)
     pairs = [e.text_pair for e in examples] if examples[0].text_pair is not None else None
     tok = tokenizer([e.text for e in examples], pairs, truncation=True, max_length=max_length)
     return from_rows(tok["input_ids"], tok.get("token_type_ids"), _labels_array(examples, spec))

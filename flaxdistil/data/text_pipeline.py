@@ -81,6 +81,14 @@ def tokenize_documents(texts: Sequence[str], tokenizer, batch_size: int = 1000) 
     return out
 
 
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A hash of what a fast tokenizer does (vocabulary, normaliser, specials), not of its
+    files: the same tokenizer saved by another transformers version gets the same hash."""
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    spec.pop("truncation", None), spec.pop("padding", None)  # call options, not the tokenizer
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def _fingerprint(texts: Sequence[str], tokenizer_dir: Path, max_length: int, extra: dict) -> str:
     h = hashlib.sha256()
     for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"):

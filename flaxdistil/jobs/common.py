@@ -23,6 +23,7 @@ from flaxdistil import (
     teacher_cache,
     teachers,
     train,
+    vocab,
 )
 from flaxdistil import student as students
 from flaxdistil.data import text_pipeline
@@ -41,11 +42,14 @@ class Engine:
     mesh: object
 
 
-def load_tokenizer(cfg):
-    """The tokenizer of the model the student comes from (the teacher's when sliced from it)."""
+def load_tokenizer(cfg, own: bool = True):
+    """The student's tokenizer: student.tokenizer (its own vocabulary) if set and ``own``, else
+    the tokenizer of the model the student comes from (the teacher's when sliced from it)."""
     s, t_path = cfg.student, teachers.first_path(cfg)
     if s.init == "slice" and not t_path:  # before the tokenizer: the first thing missing
         raise ValueError("student.init='slice' needs teacher.path (the model to slice)")
+    if own and s.get("tokenizer"):
+        return text_pipeline.load_tokenizer(hf.resolve(s.tokenizer))
     path = t_path if s.init == "slice" or not s.path else s.path
     if not path:
         raise ValueError("set teacher.path or student.path: no model to take the tokenizer from")
@@ -88,10 +92,18 @@ def build_student(cfg, teacher, head: str, rng, **head_fields):
         )
         config = students.student_config(base, s.preset or None, **dict(s.fields))
         config = config.replace(**_config_fields(head_fields))
+        if s.get("tokenizer"):  # a random student with its own vocabulary: only the size
+            own = load_tokenizer(cfg)
+            config = config.replace(vocab_size=len(own), pad_token_id=own.pad_token_id)
         params = students.init_student(config, head, rng)
         return params, config, f"random {s.preset or ''} {dict(s.fields) or ''}".strip()
     else:
         raise ValueError(f"student.init must be 'slice', 'pretrained' or 'random', got {s.init!r}")
+    if s.get("tokenizer"):
+        params, config, report = vocab.own_vocabulary(
+            params, config, load_tokenizer(cfg, own=False), load_tokenizer(cfg)
+        )
+        origin += f", own vocabulary {s.tokenizer} ({report})"
     if layers:
         params, config, ids = students.derive_student(
             params,
@@ -110,9 +122,14 @@ def _config_fields(head_fields: dict) -> dict:
     return {k: v for k, v in head_fields.items() if v is not None}
 
 
-def check_teacher_vocab(teacher_list, s_cfg, tokenizer) -> None:
-    """Teachers sharing the student's vocabulary only (flaxdistil.teachers.check_vocab)."""
-    teachers.check_vocab(teacher_list, s_cfg, tokenizer)
+def teacher_tokenizers(teacher_list, s_cfg, tokenizer, task: str) -> None:
+    """Each teacher's tokenizer against the student's (flaxdistil.teachers.resolve_tokenizers):
+    ``own_tokenizer`` set where it differs, a pair that cannot be distilled for ``task`` refused;
+    then each model's vocab_size against the tokenizer it reads."""
+    teachers.resolve_tokenizers(teacher_list, s_cfg, tokenizer, task)
+    check_vocab(tokenizer, s_cfg)
+    for t in teacher_list:
+        check_vocab(t.own_tokenizer or tokenizer, t.config)
 
 
 def check_vocab(tokenizer, *configs) -> None:
@@ -215,6 +232,13 @@ def _teacher_matches(cfg, job, d, s_cfg, teacher_list) -> tuple:
         if where:
             own = "its own" if t.intermediate_matches is not None else "the distill fields'"
             print(f"{where}{len(raw)} intermediate matches ({own})", flush=True)
+        if raw and t.own_tokenizer is not None:
+            m = dict(raw[0])
+            raise ValueError(
+                f"{where}intermediate match {m} reads teacher {t.path}'s per-token features, but "
+                "its tokenizer differs from the student's: the tokens do not correspond one to "
+                "one; distil its logits only (intermediate_matches=[] for it)"
+            )
         for m in raw:
             try:
                 parsed = matches.parse_match(len(out), dict(m), s_cfg, t.config)
@@ -256,16 +280,53 @@ def build_engine(
     state_sh = sharding.tree_shardings(state, mesh)
     state = jax.device_put(state, state_sh)
     student = Model(s_cfg, head, jnp.dtype(t.dtype), t.remat or None, t.attention_impl)
-    models, t_params, t_sh = [], [], []
-    for teacher in teacher_list if obj.needs_teacher and not cached else []:
-        models.append(teacher.model(head, t.attention_impl))
-        t_sh.append(sharding.tree_shardings(teacher.params, mesh))
-        t_params.append(jax.device_put(teacher.run_params(), t_sh[-1]))
-    models, t_params, t_sh = tuple(models), tuple(t_params), tuple(t_sh)
+    in_step = teacher_list if obj.needs_teacher and not cached else []
+    models, t_params, t_sh = place_teachers(in_step, head, t.attention_impl, mesh)
     step_fn = train.jit_train_step(
         obj, student, models, tx, mesh, state_sh, t_sh, trainable, qat=quantize.qat_scheme(t)
     )
     return Engine(state, step_fn, t_params, hparams, mesh)
+
+
+def place_teachers(teacher_list, head: str, attention_impl: str, mesh) -> tuple:
+    """(models, params, shardings), tuples with one entry per teacher: each teacher's Model and
+    its params placed over the mesh in its compute dtype (the step's teacher arguments)."""
+    models, t_params, t_sh = [], [], []
+    for teacher in teacher_list:
+        models.append(teacher.model(head, attention_impl))
+        t_sh.append(sharding.tree_shardings(teacher.params, mesh))
+        t_params.append(jax.device_put(teacher.run_params(), t_sh[-1]))
+    return tuple(models), tuple(t_params), tuple(t_sh)
+
+
+def export_hf(out_dir, params, s_cfg, head: str, tokenizer, data, pad_id: int, check: bool):
+    """Save ``params`` as a Hugging Face directory ``out_dir`` and, with ``check`` (and torch
+    installed), compare its logits in transformers with ours on 8 validation rows of ``data``:
+    {'exported_to', 'transformers_max_abs_diff', 'transformers_check_ok'}."""
+    out = hf.save_pretrained(out_dir, params, s_cfg, head, tokenizer_from=tokenizer)
+    res = {"exported_to": str(out)}
+    print(f"best model exported to {out}", flush=True)
+    if not check:
+        return res
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        print("torch not installed: skipped the transformers check of the export", flush=True)
+        return res
+    import numpy as np
+
+    from flaxdistil.data.tasks import collate
+    from flaxdistil.parity import compare_with_transformers
+
+    encoded = data.splits["validation"]
+    idx = np.arange(min(8, len(encoded)))
+    batch = collate(encoded, idx, pad_id, 16)
+    batch = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+    diffs = compare_with_transformers(out, params, s_cfg, head, batch)
+    res["transformers_max_abs_diff"] = diffs
+    res["transformers_check_ok"] = bool(max(diffs.values()) < 1e-3)
+    print(f"transformers check of the export: max |diff| {diffs}", flush=True)
+    return res
 
 
 def train_batches(cfg, rows, pad_id: int, teacher_list, obj, head: str):
@@ -274,9 +335,16 @@ def train_batches(cfg, rows, pad_id: int, teacher_list, obj, head: str):
     t = cfg.train
     caches = teacher_cache.prepare(cfg, teacher_list, obj, head, rows, pad_id)
     args = (rows, t.batch_size, t.seed, pad_id, t.pad_multiple)
+    # Teachers with their own tokenizer: the same examples in their tokens, in every batch.
+    own = {
+        k: (x.rows, x.own_tokenizer.pad_token_id)
+        for k, x in enumerate(teacher_list)
+        if x.own_tokenizer is not None
+    }
+    kw = dict(group_by_length=t.group_by_length, teacher_rows=own)
     if caches is None:
-        return Batches(*args, group_by_length=t.group_by_length), False
-    return teacher_cache.CachedBatches(*args, caches, group_by_length=t.group_by_length), True
+        return Batches(*args, **kw), False
+    return teacher_cache.CachedBatches(*args, caches, **kw), True
 
 
 def total_steps(cfg, n_train: int) -> int:

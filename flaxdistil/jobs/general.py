@@ -17,7 +17,7 @@ import numpy as np
 
 from flaxdistil import hf, sharding, teachers
 from flaxdistil import student as students
-from flaxdistil.data import tasks, text_pipeline, tfds_builders
+from flaxdistil.data import array_records, stream, tasks, text_pipeline, tfds_builders
 from flaxdistil.evaluate import evaluate_mlm
 from flaxdistil.jobs import common
 from flaxdistil.loop import Loop
@@ -34,10 +34,10 @@ def load_texts(corpus: str, split: str, limit: int = 0) -> list[str]:
     if path.suffix == ".txt" or path.exists():
         if not path.exists():
             raise FileNotFoundError(f"corpus file {path} does not exist")
-        from flaxdistil.data.corpora import text_file_documents
+        from flaxdistil.data.corpora import heldout_count, text_file_documents
 
         texts = [t for _, t in text_file_documents(path)]
-        n_held = max(1, len(texts) // 50)  # a fixed 2% tail is the held-out part
+        n_held = heldout_count(len(texts))
         texts = texts[:-n_held] if split == "train" else texts[-n_held:]
     else:
         texts = [ex["text"] for ex in tfds_builders.load(corpus, split)]
@@ -67,10 +67,48 @@ def sequences(cfg, tokenizer_dir) -> tuple[tasks.Encoded, tasks.Encoded]:
     return out[0], out[1]
 
 
+def streamed(cfg, tokenizer) -> tuple[stream.StreamBatches, tasks.Encoded]:
+    """(train batches streamed from data.array_record, held-out rows in memory): the corpus
+    tokenised once by scripts/prepare_data.py, never whole in memory."""
+    d, t = cfg.data, cfg.train
+    for key in ("max_train_docs", "max_heldout_docs"):
+        if d[key]:
+            raise ValueError(
+                f"data.{key}={d[key]} limits tokenisation; with data.array_record pass "
+                f"--{key} to scripts/prepare_data.py and leave data.{key}=0"
+            )
+    if cfg.teacher.cache:
+        raise ValueError("teacher.cache needs the in-memory corpus: unset data.array_record")
+    manifest = array_records.read_manifest(d.array_record)
+    array_records.check_manifest(manifest, d.array_record, tokenizer, d.max_length)
+    batches = stream.StreamBatches(
+        d.array_record,
+        t.batch_size,
+        t.seed,
+        tokenizer.pad_token_id,
+        t.pad_multiple,
+        group_by_length=t.group_by_length,
+        threads=d.read_threads,
+        prefetch=d.prefetch,
+        workers=d.workers,
+    )
+    held = array_records.load_encoded(d.array_record, "heldout")
+    print(
+        f"data: {batches.n:,} train sequences streamed from {d.array_record} / {len(held):,} "
+        f"held-out (max_length {d.max_length})",
+        flush=True,
+    )
+    return batches, held
+
+
 def _token_weights(cfg, train_rows, tokenizer, vocab_size):
     if not cfg.data.mlm_smoothing:
         return None
-    counts = text_pipeline.token_counts(train_rows.input_ids, vocab_size)
+    if train_rows is None:  # streamed: counted when the corpus was prepared
+        counts = array_records.token_counts(cfg.data.array_record, "train")
+        counts = np.pad(counts, (0, max(vocab_size - len(counts), 0)))[:vocab_size]
+    else:
+        counts = text_pipeline.token_counts(train_rows.input_ids, vocab_size)
     weights = text_pipeline.smoothing_weights(
         counts, tokenizer.all_special_ids, cfg.data.mlm_smoothing
     )
@@ -85,15 +123,21 @@ def run(cfg, workdir) -> dict:
     teacher = teacher_list[0].pre if teacher_list else None  # sliced from, evaluated at the end
     tokenizer = common.load_tokenizer(cfg)
     params, s_cfg, origin = common.build_student(cfg, teacher, "mlm", jax.random.key(t.seed))
-    common.check_vocab(tokenizer, s_cfg, *[x.config for x in teacher_list])
-    common.check_teacher_vocab(teacher_list, s_cfg, tokenizer)
+    common.teacher_tokenizers(teacher_list, s_cfg, tokenizer, "mlm")
     print(students.format_param_table(params, 2, f"student: {origin}"), flush=True)
-    tok_dir = hf.resolve(teachers.first_path(cfg) or cfg.student.path)
-    train_rows, held_rows = sequences(cfg, tok_dir)
-    total = common.total_steps(cfg, len(train_rows))
-    obj, hparams = common.build_objective(cfg, "mlm", s_cfg, teacher_list, tokenizer, total)
+    # The student's tokens (the teachers share them): its own tokenizer, else its model's.
+    tok_dir = hf.resolve(
+        cfg.student.get("tokenizer") or teachers.first_path(cfg) or cfg.student.path
+    )
     pad = tokenizer.pad_token_id
-    batches, cached = common.train_batches(cfg, train_rows, pad, teacher_list, obj, "mlm")
+    if cfg.data.array_record:
+        (batches, held_rows), train_rows, cached = streamed(cfg, tokenizer), None, False
+    else:
+        train_rows, held_rows = sequences(cfg, tok_dir)
+    total = common.total_steps(cfg, batches.n if train_rows is None else len(train_rows))
+    obj, hparams = common.build_objective(cfg, "mlm", s_cfg, teacher_list, tokenizer, total)
+    if train_rows is not None:
+        batches, cached = common.train_batches(cfg, train_rows, pad, teacher_list, obj, "mlm")
     engine = common.build_engine(
         cfg, "mlm", params, s_cfg, teacher_list, obj, hparams, total, cached
     )
@@ -103,7 +147,10 @@ def run(cfg, workdir) -> dict:
         evaluate = lambda p: evaluate_mlm(eval_model, p, held_rows, obj, cfg.eval.batch_size, pad)
     loop = Loop(cfg, workdir, total, evaluate, desc="distill" if obj.needs_teacher else "mlm")
     weights = _token_weights(cfg, train_rows, tokenizer, s_cfg.vocab_size)
-    out = loop.run(engine, batches, weights)
+    try:
+        out = loop.run(engine, batches, weights)
+    finally:
+        getattr(batches, "close", lambda: None)()  # a stream's worker threads / processes
     params = jax.device_get(out.best_params(out.state.params))
     return _finish(cfg, workdir, params, out, s_cfg, teacher, held_rows, obj, tokenizer)
 

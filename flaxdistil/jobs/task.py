@@ -16,13 +16,11 @@ import time
 from pathlib import Path
 
 import jax
-import numpy as np
 
-from flaxdistil import evaluate, hf, prune, sharding
+from flaxdistil import evaluate, prune, sharding
 from flaxdistil import student as students
 from flaxdistil import teachers as teachers_
 from flaxdistil.data import task_data
-from flaxdistil.data.tasks import collate
 from flaxdistil.jobs import common
 from flaxdistil.loop import Loop
 from flaxdistil.models import Model
@@ -36,6 +34,8 @@ def _with_labels(pre, id2label):
 
 def setup(cfg):
     """(tokenizer, data, head, student params, student config, teachers (a list, maybe []))."""
+    if cfg.get("tasks"):  # a multi-task config: its own job
+        raise ValueError("this config has tasks: run it with scripts/distill_multitask.py")
     rng = jax.random.key(cfg.train.seed)
     tokenizer = common.load_tokenizer(cfg)
     data = task_data.load_task_data(cfg.data, tokenizer, cfg.data.cache_dir or None)
@@ -52,8 +52,10 @@ def setup(cfg):
     params, config, origin = common.build_student(cfg, first, head, rng, **fields)
     if id2label is not None:
         config = config.replace(id2label=id2label)
-    common.check_vocab(tokenizer, config, *[t.config for t in teachers])
-    common.check_teacher_vocab(teachers, config, tokenizer)
+    common.teacher_tokenizers(teachers, config, tokenizer, data.spec.task_type)
+    for t in teachers:  # a teacher with its own tokenizer reads the same examples in its tokens
+        if t.own_tokenizer is not None:
+            t.rows = task_data.encode_split(data, "train", t.own_tokenizer, cfg.data)
     sizes = ", ".join(f"{len(e):,} {s}" for s, e in data.splits.items())
     print(f"data: {cfg.data.train_file or cfg.data.dataset} ({data.spec.task_type}): {sizes}")
     print(f"student: {origin}; {students.count_params(params):,} params", flush=True)
@@ -77,13 +79,14 @@ def run(cfg, workdir) -> dict:
     batches, cached = common.train_batches(cfg, train_rows, pad, teachers, obj, head)
     engine = common.build_engine(cfg, head, params, s_cfg, teachers, obj, hparams, total, cached)
     forward = evaluate.make_forward(Model(s_cfg, head))
-    score = lambda p, split="validation": evaluate.evaluate_task(
-        forward, p, data, split, batch_size=e.batch_size, pad_id=pad
+    score = lambda p, split="validation", per_label=False: evaluate.evaluate_task(
+        forward, p, data, split, batch_size=e.batch_size, pad_id=pad, per_label=per_label
     )
     desc = t.desc or ("distil" if obj.needs_teacher else "finetune")
     out = Loop(cfg, workdir, total, score, desc).run(engine, batches)
     best = jax.device_get(out.best_params(out.state.params))
-    test = score(best, "test")
+    test = score(best, "test", per_label=True)
+    per_label = test.pop("per_label", None)  # a table, kept apart from the scalar metrics
     print("test: " + "  ".join(f"{k} {v:.4f}" for k, v in test.items()), flush=True)
     n = students.count_params(best)
     results = {
@@ -103,6 +106,7 @@ def run(cfg, workdir) -> dict:
         "epochs_run": out.steps_run / out.steps_per_epoch,
         "stopped_early": out.early.should_stop,
         "test": test,
+        "test_per_label": per_label,
         "train_time_s": out.train_time_s,
     }
     primary = sharding.is_primary()  # process 0 alone exports and writes the results
@@ -136,24 +140,5 @@ def _pruned(cfg, best, total: int, best_step) -> dict:
 
 
 def _export(cfg, workdir: Path, params, s_cfg, head, tokenizer, data, pad_id: int) -> dict:
-    out = hf.save_pretrained(workdir / "best_hf", params, s_cfg, head, tokenizer_from=tokenizer)
-    res = {"exported_to": str(out)}
-    print(f"best model exported to {out}", flush=True)
-    if not cfg.export.check:
-        return res
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        print("torch not installed: skipped the transformers check of the export", flush=True)
-        return res
-    from flaxdistil.parity import compare_with_transformers
-
-    encoded = data.splits["validation"]
-    idx = np.arange(min(8, len(encoded)))
-    batch = collate(encoded, idx, pad_id, 16)
-    batch = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
-    diffs = compare_with_transformers(out, params, s_cfg, head, batch)
-    res["transformers_max_abs_diff"] = diffs
-    res["transformers_check_ok"] = bool(max(diffs.values()) < 1e-3)
-    print(f"transformers check of the export: max |diff| {diffs}", flush=True)
-    return res
+    out = workdir / "best_hf"
+    return common.export_hf(out, params, s_cfg, head, tokenizer, data, pad_id, cfg.export.check)
