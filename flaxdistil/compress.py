@@ -104,7 +104,7 @@ def save_pruned(params, cfg: ModelConfig, head: str | None, out_dir) -> Path:
         "/".join(str(getattr(k, "key", k)) for k in p): np.ascontiguousarray(np.asarray(x))
         for p, x in jax.tree_util.tree_flatten_with_path(params)[0]
     }
-    meta = {"config": dataclasses.asdict(cfg), "head": head}
+    meta = {"config": cfg.to_json(), "head": head}
     with hf.atomic_dir(out_dir) as tmp:
         save_file(flat, str(tmp / "params.safetensors"))
         (tmp / "model.json").write_text(json.dumps(meta, indent=2))
@@ -117,9 +117,6 @@ def load_pruned(path):
 
     path = Path(path)
     meta = json.loads((path / "model.json").read_text())
-    c = meta["config"]
-    if c.get("id2label") is not None:
-        c["id2label"] = tuple((int(i), name) for i, name in c["id2label"])
     params: dict = {}
     for key, x in load_file(str(path / "params.safetensors")).items():
         node = params
@@ -127,7 +124,7 @@ def load_pruned(path):
         for k in parents:
             node = node.setdefault(k, {})
         node[leaf] = x
-    return params, ModelConfig(**c), meta["head"]
+    return params, ModelConfig.from_json(meta["config"]), meta["head"]
 
 
 # ---------------------------------------------------------------- the steps

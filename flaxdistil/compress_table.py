@@ -7,8 +7,8 @@ and vocabulary steps are ``compress.compress`` (heads / FFN ranked label-free on
 ``max_examples`` training texts; the vocabulary kept is the tokens of the task's training texts,
 so test texts may tokenise differently: an honest loss); int8 is ``quantize.quantize_params`` of
 the vocabulary-pruned model at 8 bits per output channel with the embedding table at 8 bits too,
-``quantize.save_compact`` (which writes an HF config.json: pruned heads are padded back there
-as zero rows, so the int8 file holds full-width attention matrices). No step fine-tunes. Sizes
+``quantize.save_compact`` (the int8 file holds the pruned, physically smaller matrices; its
+config.json the padded HF view). No step fine-tunes. Sizes
 are the one weights file each step writes
 (teacher / student: model.safetensors; structured / vocabulary: flaxdistil/params.safetensors,
 the physically smaller matrices; int8: model.quant.safetensors). Latency is the median of
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flaxdistil import compress, evaluate, prune_structured, quantize
+from flaxdistil import compress, evaluate, quantize
 from flaxdistil import student as students
 from flaxdistil.data import task_data
 from flaxdistil.data.tasks import collate
@@ -55,9 +55,6 @@ def build(teacher_dir, student_dir, workdir: Path, train_texts, heads_keep, ffn_
     rep = compress.compress(s, v, vocab_from=corpus)
     print(rep, flush=True)
     params, cfg, head, _ = compress.load_source(v)
-    # save_compact writes an HF config.json, which cannot describe pruned heads: the int8 file
-    # holds them padded back as zero rows (prune_structured.full_heads; outputs unchanged)
-    params, cfg = prune_structured.full_heads(params, cfg)
     qp = quantize.quantize_params(params, bits=8, embeddings=8)
     quantize.save_compact(qp, cfg, q, head, tokenizer_from=v)
     compact = compress.COMPACT

@@ -177,10 +177,8 @@ def full_heads(params, cfg: ModelConfig):
     values are zero and so is its share of the output projection."""
     if cfg.all_head_size == cfg.hidden_size:
         return params, cfg
-    K = cfg.head_dim
-    if cfg.hidden_size % K:
-        raise ValueError(f"head width {K} does not divide hidden_size {cfg.hidden_size}")
     pad = cfg.hidden_size - cfg.all_head_size
+    full = cfg.hf_view
     lay = jax.tree.map(np.asarray, params["encoder"]["layer"])
     att = {k: dict(v) for k, v in lay["attention"].items()}
     widen = lambda x, axis: np.concatenate(
@@ -190,5 +188,4 @@ def full_heads(params, cfg: ModelConfig):
         att[name] = {"kernel": widen(att[name]["kernel"], 2), "bias": widen(att[name]["bias"], 1)}
     att["out"] = {**att["out"], "kernel": widen(att["out"]["kernel"], 1)}
     enc = {**params["encoder"], "layer": {**lay, "attention": att}}
-    cfg = cfg.replace(num_attention_heads=cfg.hidden_size // K, attention_head_size=None)
-    return {**params, "encoder": enc}, cfg
+    return {**params, "encoder": enc}, full

@@ -307,15 +307,26 @@ def save_compact(qparams, config, out_dir, head: str | None = "mlm", *, tokenize
         layout[name] = dict(
             bits=x.bits, group_size=x.group_size, transposed=x.transposed, shape=list(x.q.shape)
         )
-    meta = {"format": FORMAT, "head": json.dumps(head), "quantized": json.dumps(layout)}
+    # The full config rides in the metadata: config.json cannot describe pruned heads (it holds
+    # config.hf_view, and load_pretrained gets the pruned heads back as zero heads).
+    meta = {
+        "format": FORMAT,
+        "head": json.dumps(head),
+        "quantized": json.dumps(layout),
+        "config": json.dumps(config.to_json()),
+    }
     with hf.atomic_dir(out_dir) as tmp:
         save_file(tensors, str(tmp / COMPACT_FILE), metadata=meta)
-        hf.write_config(tmp, config, head, tokenizer_from)
+        hf.write_config(tmp, config.hf_view, head, tokenizer_from)
     return Path(out_dir).resolve()
 
 
 def _read_compact_file(f: Path):
-    """(qparams, head) from a model.quant.safetensors file."""
+    """(qparams, head, config) from a model.quant.safetensors file; config from config.json
+    beside it in files written before the metadata held it."""
+    from flaxdistil import hf
+    from flaxdistil.models import ModelConfig
+
     from safetensors import safe_open
 
     with safe_open(str(f), "numpy") as fh:
@@ -343,31 +354,32 @@ def _read_compact_file(f: Path):
         for p in parents:
             node = node.setdefault(p, {})
         node[leaf] = value
-    return params, json.loads(meta["head"])
+    if "config" in meta:
+        cfg = ModelConfig.from_json(json.loads(meta["config"]))
+    else:
+        cfg = ModelConfig.from_hf(hf.read_config(f.parent))
+    return params, json.loads(meta["head"]), cfg
 
 
 def load_compact(path):
     """(qparams, config, head) of a compact checkpoint directory (save_compact's)."""
     from flaxdistil import hf
-    from flaxdistil.models import ModelConfig
 
     ckpt = hf.resolve(path)
     if not (ckpt / COMPACT_FILE).exists():
         raise FileNotFoundError(f"no {COMPACT_FILE} in {ckpt}: expected a save_compact directory")
-    cfg = ModelConfig.from_hf(hf.read_config(ckpt))
-    qparams, head = _read_compact_file(ckpt / COMPACT_FILE)
+    qparams, head, cfg = _read_compact_file(ckpt / COMPACT_FILE)
     return qparams, cfg, head
 
 
 def read_compact_state_dict(f: Path) -> dict[str, np.ndarray]:
     """The HF state dict (float32, dequantised) of a compact checkpoint: what hf.read_state_dict
     hands load_pretrained, so loading goes through the one mapping table like any checkpoint."""
-    from flaxdistil import hf
-    from flaxdistil.models import ModelConfig
+    from flaxdistil import hf, prune_structured
 
-    cfg = ModelConfig.from_hf(hf.read_config(f.parent))
-    qparams, head = _read_compact_file(f)
-    return hf.convert_to_hf(dequantize_params(qparams), cfg, head)
+    qparams, head, cfg = _read_compact_file(f)
+    params, cfg = prune_structured.full_heads(dequantize_params(qparams), cfg)
+    return hf.convert_to_hf(params, cfg, head)
 
 
 def inference_fn(source, config=None, head="mlm", **kw):

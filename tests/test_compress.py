@@ -182,3 +182,34 @@ def jax_leaves(tree):
     import jax
 
     return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+def test_heads_and_bits_together(src, tmp_path):
+    """--heads-keep with --bits: the compact file keeps the pruned (physically smaller) heads and
+    its full config; transformers loads the padded export; flaxdistil.load_pretrained of the
+    compact directory, load_compact + the quantised forward and transformers agree."""
+    import flaxdistil
+    from flaxdistil import Model, quantize
+    from flaxdistil.compress import compress
+
+    d, corpus = src
+    out = tmp_path / "hq"
+    compress(d, out, heads_keep=2, bits=8, data=corpus)
+    qp, cfg, head = quantize.load_compact(out / "flaxdistil")
+    assert (head, cfg.num_attention_heads, cfg.all_head_size) == ("seq_cls", 2, 16)
+    floats = quantize.dequantize_params(qp)
+    assert floats["encoder"]["layer"]["attention"]["query"]["kernel"].shape == (4, 32, 16)
+
+    theirs, _ = _torch_logits(out, CORPUS[:4])
+    import transformers
+
+    batch = transformers.AutoTokenizer.from_pretrained(out)(CORPUS[:4], padding=True)
+    args = [np.asarray(batch[k]) for k in ("input_ids", "attention_mask", "token_type_ids")]
+    ours, _ = Model(cfg, head).apply({"params": floats}, *args)
+    np.testing.assert_allclose(np.asarray(ours), theirs, atol=1e-5)
+    padded = flaxdistil.load_pretrained(out / "flaxdistil", "seq_cls")
+    assert padded.config.num_attention_heads == 4  # zero heads in place of the pruned ones
+    got, _ = Model(padded.config, head).apply({"params": padded.params}, *args)
+    np.testing.assert_allclose(np.asarray(got), theirs, atol=1e-5)
+    fwd, p = quantize.inference_fn(out / "flaxdistil", matmul="dequant")
+    np.testing.assert_allclose(np.asarray(fwd(p, *args)), theirs, atol=1e-4)

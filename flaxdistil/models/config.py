@@ -234,6 +234,31 @@ class ModelConfig:
             raise ValueError(f"unknown ModelConfig field(s) {sorted(unknown)}")
         return dataclasses.replace(self, **kw)
 
+    # ---- flaxdistil's own JSON: every field, including those HF configs cannot hold ----
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ModelConfig:
+        """Inverse of to_json after a JSON round trip (which turns id2label's pairs into lists)."""
+        d = dict(d)
+        if d.get("id2label") is not None:
+            d["id2label"] = tuple((int(i), name) for i, name in d["id2label"])
+        return cls(**d)
+
+    @property
+    def hf_view(self) -> ModelConfig:
+        """The config transformers can hold: head-pruned models as hidden_size / head_dim heads
+        (prune_structured.full_heads pads the params the same way)."""
+        if self.all_head_size == self.hidden_size:
+            return self
+        if self.hidden_size % self.head_dim:
+            raise ValueError(f"head width {self.head_dim} does not divide {self.hidden_size}")
+        return self.replace(
+            num_attention_heads=self.hidden_size // self.head_dim, attention_head_size=None
+        )
+
     # ---- Hugging Face config.json ----
 
     @classmethod
