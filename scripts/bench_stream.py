@@ -1,6 +1,7 @@
 """Peak memory of the training data path against corpus size: in memory vs streamed (grain).
 
-    python scripts/bench_stream.py --out reports/bench_stream [--scales 1,10] [--batches 300]
+    python scripts/bench_stream.py --out reports/bench_stream [--scales 1,10] [--batches 300] \
+        [--train --steps 20]
 
 Tokenises the BBC News corpus (flaxdistil.assets, 2,225 real English articles) once with the
 MiniLM tokenizer (max_length 128), then builds it replicated ``scale`` times both ways the general
@@ -12,7 +13,10 @@ token counts; streamed: general.streamed's StreamBatches + held-out rows + store
 --batches training batches, and reports the peak RSS of that phase (the kernel's VmHWM, reset
 after the imports) and of the whole process (ru_maxrss). The in-memory
 case leaves out the corpus text itself, which the job holds while tokenising: its figure is a
-lower bound. Writes <out>.json and prints a markdown table.
+lower bound. ``--train`` then runs the whole general job (scripts/distill.py, configs/minilm_l3.py
+at max_length 128) for --steps steps on each corpus, in memory (the text file) and streamed (the
+ArrayRecord directory), each in a fresh process, and reports its peak RSS: model, optimiser state,
+XLA buffers and the data path together. Writes <out>.json and prints a markdown table.
 """
 
 import argparse
@@ -133,6 +137,68 @@ def case(path: str, mode: str, batches: int, batch_size: int) -> dict:
     }
 
 
+def write_text(path: Path, scale: int) -> Path:
+    """The BBC articles repeated ``scale`` times, one paragraph each: the in-memory job's corpus
+    (general.load_texts splits held-out documents off the end, as it does for any text file)."""
+    from flaxdistil.data import corpora
+
+    if not path.exists():
+        texts = [" ".join(t.split()) for _, t in corpora.bbc_documents()]
+        with open(path, "w", encoding="utf-8") as f:
+            for _ in range(scale):
+                f.write("\n\n".join(texts) + "\n\n")
+    return path
+
+
+def train_case(path: str, mode: str, steps: int, batch_size: int, work: Path) -> dict:
+    """The whole general job (scripts/distill.py: MiniLM-L6 teacher -> 3-layer student, DistilBERT's
+    triple loss) for ``steps`` steps on the corpus, in this fresh process: its peak RSS."""
+    import shutil
+
+    from flaxdistil import runner
+    from flaxdistil.jobs import general
+
+    workdir = work / f"train_{mode}_{Path(path).stem}"
+    shutil.rmtree(workdir, ignore_errors=True)
+    # all-MiniLM-L6-v2 has no MLM head (a random one is fitted here): memory, not quality, is
+    # measured, and `make teacher` is not needed for it
+    argv = ["--config", str(ROOT / "configs" / "minilm_l3.py"), "--workdir", str(workdir)]
+    argv += ["--config.teacher.path=minilm", f"--config.train.steps={steps}"]
+    argv += [f"--config.train.batch_size={batch_size}", "--config.data.max_length=128"]
+    argv += ["--config.train.checkpoint_every=0", "--config.export.hf=False"]
+    if mode == "memory":  # held out: BBC x1's 44 documents, as the ArrayRecord split holds
+        argv += [f"--config.data.corpus={path}", "--config.data.max_train_docs=0"]
+        argv += ["--config.data.max_heldout_docs=44"]
+    else:
+        argv += ["--config.data.max_heldout_docs=0"]
+        argv += [f"--config.data.array_record={path}"]
+    t0 = time.perf_counter()
+    runner.run(general.run, argv)
+    return {
+        "peak_mb": round(status_mb("VmHWM"), 1),
+        "ru_maxrss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "seconds": round(time.perf_counter() - t0, 2),
+        "steps": steps,
+    }
+
+
+def train_rows(work: Path, corpora: dict, scales: list[int], args) -> list[dict]:
+    rows = []
+    for scale in scales:
+        c = corpora[scale]
+        text = write_text(work / f"bbc_x{scale}.txt", scale)
+        for mode, path in (("memory", str(text)), ("stream", c["array_record"])):
+            cmd = [sys.executable, __file__, "--train-case", path, mode, "--work", str(work)]
+            cmd += ["--steps", str(args.steps), "--batch_size", str(args.batch_size)]
+            r = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if r.returncode:
+                sys.exit(f"training case {mode} x{scale} failed:\n{r.stderr[-3000:]}")
+            m = json.loads(r.stdout.strip().splitlines()[-1])
+            rows.append({"scale": scale, "mode": mode, "what": "training job", **c, **m})
+            print(rows[-1], flush=True)
+    return rows
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=str(ROOT / "reports" / "bench_stream"))
@@ -140,10 +206,17 @@ def main(argv=None) -> None:
     ap.add_argument("--scales", default="1,10")
     ap.add_argument("--batches", type=int, default=300)
     ap.add_argument("--batch_size", type=int, default=32)
+    ap.add_argument("--train", action="store_true", help="also the whole training job, peak RSS")
+    ap.add_argument("--steps", type=int, default=20, help="training steps of --train")
     ap.add_argument("--case", nargs=2, metavar=("PATH", "MODE"), help=argparse.SUPPRESS)
+    ap.add_argument("--train-case", nargs=2, metavar=("PATH", "MODE"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.case:  # a child: one measurement, one JSON line
         print(json.dumps(case(*args.case, args.batches, args.batch_size)), flush=True)
+        return
+    if args.train_case:
+        m = train_case(*args.train_case, args.steps, args.batch_size, Path(args.work))
+        print(json.dumps(m), flush=True)
         return
     scales = [int(s) for s in args.scales.split(",")]
     work = Path(args.work)
@@ -159,18 +232,20 @@ def main(argv=None) -> None:
             if r.returncode:
                 sys.exit(f"case {mode} x{scale} failed:\n{r.stderr[-3000:]}")
             m = json.loads(r.stdout.strip().splitlines()[-1])
-            rows.append({"scale": scale, "mode": mode, **c, **m})
+            rows.append({"scale": scale, "mode": mode, "what": "data path", **c, **m})
             print(rows[-1], flush=True)
+    if args.train:
+        rows += train_rows(work, corpora, scales, args)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(rows, indent=2))
-    print("| corpus | sequences | tokens | path | peak RSS MB | over the RSS before, MB |")
-    print("| --- | ---: | ---: | --- | ---: | ---: |")
+    print("| what | corpus | sequences | path | peak RSS MB | over the RSS before, MB | s |")
+    print("| --- | --- | ---: | --- | ---: | ---: | ---: |")
     for r in rows:
-        extra = r["peak_mb"] - r["baseline_mb"]
+        extra = f"{r['peak_mb'] - r['baseline_mb']:.0f}" if "baseline_mb" in r else ""
         print(
-            f"| BBC x{r['scale']} | {r['sequences']:,} | {r['tokens']:,} | {r['mode']} | "
-            f"{r['peak_mb']:.0f} | {extra:.0f} |"
+            f"| {r['what']} | BBC x{r['scale']} | {r['sequences']:,} | {r['mode']} | "
+            f"{r['peak_mb']:.0f} | {extra} | {r['seconds']:.0f} |"
         )
 
 

@@ -197,6 +197,6 @@ def test_pipeline_table(tiny_cls, tiny_student, tmp_path):
     assert (st["heads"], st["ffn"]) == (2, 32) and st["params"] < s["params"]
     # the vocabulary kept: the tokens of the 48 training texts plus the special tokens
     assert v["vocab"] < 2000 and v["params"] < st["params"]
-    # int8: the pruned heads padded back as zeros (save_compact writes an HF config.json)
-    assert (q["heads"], q["vocab"]) == (4, v["vocab"]) and q["size_mb"] < v["size_mb"] / 2.5
+    # int8 keeps the pruned heads (save_compact holds the full config in its metadata)
+    assert (q["heads"], q["vocab"]) == (2, v["vocab"]) and q["size_mb"] < v["size_mb"] / 2.5
     assert (tmp_path / "p" / "pipeline.md").read_text().count("\n") == 7
