@@ -160,10 +160,8 @@ def train_case(path: str, mode: str, steps: int, batch_size: int, work: Path) ->
 
     workdir = work / f"train_{mode}_{Path(path).stem}"
     shutil.rmtree(workdir, ignore_errors=True)
-    # all-MiniLM-L6-v2 has no MLM head (a random one is fitted here): memory, not quality, is
-    # measured, and `make teacher` is not needed for it
     argv = ["--config", str(ROOT / "configs" / "minilm_l3.py"), "--workdir", str(workdir)]
-    argv += ["--config.teacher.path=minilm", f"--config.train.steps={steps}"]
+    argv += [f"--config.teacher.path={teacher(work)}", f"--config.train.steps={steps}"]
     argv += [f"--config.train.batch_size={batch_size}", "--config.data.max_length=128"]
     argv += ["--config.train.checkpoint_every=0", "--config.export.hf=False"]
     if mode == "memory":  # held out: BBC x1's 44 documents, as the ArrayRecord split holds
@@ -180,6 +178,22 @@ def train_case(path: str, mode: str, steps: int, batch_size: int, work: Path) ->
         "seconds": round(time.perf_counter() - t0, 2),
         "steps": steps,
     }
+
+
+def teacher(work: Path) -> str:
+    """`make teacher`'s MLM teacher if it is there, else all-MiniLM-L6-v2 with a randomly
+    initialised MLM head (saved once under ``work``): memory, not quality, is measured."""
+    from flaxdistil import assets, hf
+
+    if (assets.minilm_mlm_teacher_path() / "config.json").exists():
+        return "minilm-mlm"
+    out = work / "minilm_random_mlm_head"
+    if not (out / "config.json").exists():
+        import jax
+
+        pre = hf.load_pretrained("minilm", "mlm", rng=jax.random.key(0))
+        hf.save_pretrained(out, pre.params, pre.config, "mlm", tokenizer_from=pre.path)
+    return str(out)
 
 
 def train_rows(work: Path, corpora: dict, scales: list[int], args) -> list[dict]:
