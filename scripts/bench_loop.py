@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # flaxdistil.bench.loop reads configs/
+
 QUICK = dict(hidden=32, layers=2, student_layers=1, vocab=256, seq=16, batch=2, steps=6,
              save_every=2, repeats=1)  # fmt: skip
 

@@ -231,3 +231,18 @@ def test_profile_script_smoke(tmp_path):
     prof = module.main([*argv.split(), "--out", str(tmp_path)])
     assert prof["op_ms_total"] >= prof["matmul_ms"] > 0
     assert json.loads((tmp_path / "profile_step.json").read_text())["kinds_ms"]
+
+
+def test_loop_script_runs_as_a_user_runs_it(tmp_path):
+    """scripts/bench_loop.py --quick in a fresh interpreter from another directory (the script,
+    not pytest's rootdir, must make configs/ importable); every case gets a row."""
+    import subprocess
+    import sys
+
+    r = subprocess.run(
+        [sys.executable, ROOT / "scripts" / "bench_loop.py", "--quick", "--out", tmp_path],
+        capture_output=True, text=True, cwd=tmp_path, check=False, timeout=600,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = json.loads((tmp_path / "bench_loop.json").read_text())["loop"]
+    assert {r["case"] for r in rows} >= {"step", "loop", "loop + async saves"}
