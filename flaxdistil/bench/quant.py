@@ -123,6 +123,7 @@ def run(teacher, layers, seq, batch, latency_repeats, throughput_repeats, workdi
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     cases, sizes, facts = build(teacher, layers, seq, batch, Path(workdir))
     results = {"machine": measure.machine_info(), "facts": facts, "size_mb": sizes}
+    results["load_average"] = [os.getloadavg()]  # the other jobs' share of the cores
     sections = (("latency_b1", 1, latency_repeats), ("throughput", batch, throughput_repeats))
     for label, B, repeats in sections:
         runs = {name: make(B) for name, make in cases.items()}
@@ -136,7 +137,14 @@ def run(teacher, layers, seq, batch, latency_repeats, throughput_repeats, workdi
         results[label + "_speedup_vs_fp32"] = {
             k: statistics.median(a / b for a, b in zip(fp32, v)) for k, v in times.items()
         }
+    results["load_average"].append(os.getloadavg())
     return results
+
+
+def _load(r: dict) -> str:
+    if not r.get("load_average"):
+        return "not recorded"
+    return " -> ".join(f"{a[0]:.1f}" for a in r["load_average"])  # 1-minute, start -> end
 
 
 def to_markdown(r: dict) -> str:
@@ -148,7 +156,7 @@ def to_markdown(r: dict) -> str:
         f"Model: {f['layers']} layers of {Path(f['teacher']).name} "
         f"({f['params'] / 1e6:.1f}M params, {f['embedding_params'] / 1e6:.1f}M of them the word "
         f"embeddings), sequence classifier, seq {T}. Machine: {m['cpu']}, {m['nproc']} cores "
-        f"(shared with other jobs), jax {m['jax']}, torch {m.get('torch')}. Medians of "
+        f"(load average {_load(r)}), jax {m['jax']}, torch {m.get('torch')}. Medians of "
         "interleaved repeats; speedups are paired per round (fp32 time / case time).",
         "",
         "| case | batch-1 latency (ms) | x fp32 | batch-"
