@@ -196,19 +196,30 @@ def teacher(work: Path) -> str:
     return str(out)
 
 
-def train_rows(work: Path, corpora: dict, scales: list[int], args) -> list[dict]:
+def child(flag: str, path: str, mode: str, extra: list[str], what: str) -> dict:
+    """One case in a fresh process (its peak RSS is its own): the JSON line it prints."""
+    cmd = [sys.executable, __file__, flag, path, mode, *extra]
+    r = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if r.returncode:
+        sys.exit(f"{what} case {mode} failed:\n{r.stderr[-3000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def rows_for(work: Path, corpora: dict, scales: list[int], args, train: bool) -> list[dict]:
+    """Per scale, in memory and streamed: the data path alone, or the whole training job."""
     rows = []
+    what = "training job" if train else "data path"
     for scale in scales:
         c = corpora[scale]
-        text = write_text(work / f"bbc_x{scale}.txt", scale)
-        for mode, path in (("memory", str(text)), ("stream", c["array_record"])):
-            cmd = [sys.executable, __file__, "--train-case", path, mode, "--work", str(work)]
-            cmd += ["--steps", str(args.steps), "--batch_size", str(args.batch_size)]
-            r = subprocess.run(cmd, capture_output=True, text=True, check=False)
-            if r.returncode:
-                sys.exit(f"training case {mode} x{scale} failed:\n{r.stderr[-3000:]}")
-            m = json.loads(r.stdout.strip().splitlines()[-1])
-            rows.append({"scale": scale, "mode": mode, "what": "training job", **c, **m})
+        if train:
+            memory = str(write_text(work / f"bbc_x{scale}.txt", scale))
+            flag, extra = "--train-case", ["--work", str(work), "--steps", str(args.steps)]
+        else:
+            memory, flag, extra = c["npz"], "--case", ["--batches", str(args.batches)]
+        extra += ["--batch_size", str(args.batch_size)]
+        for mode, path in (("memory", memory), ("stream", c["array_record"])):
+            m = child(flag, path, mode, extra, f"{what} x{scale}")
+            rows.append({"scale": scale, "mode": mode, "what": what, **c, **m})
             print(rows[-1], flush=True)
     return rows
 
@@ -236,20 +247,9 @@ def main(argv=None) -> None:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     corpora = build(work, scales, 128)
-    rows = []
-    for scale in scales:
-        c = corpora[scale]
-        for mode, path in (("memory", c["npz"]), ("stream", c["array_record"])):
-            cmd = [sys.executable, __file__, "--case", path, mode]
-            cmd += ["--batches", str(args.batches), "--batch_size", str(args.batch_size)]
-            r = subprocess.run(cmd, capture_output=True, text=True, check=False)
-            if r.returncode:
-                sys.exit(f"case {mode} x{scale} failed:\n{r.stderr[-3000:]}")
-            m = json.loads(r.stdout.strip().splitlines()[-1])
-            rows.append({"scale": scale, "mode": mode, "what": "data path", **c, **m})
-            print(rows[-1], flush=True)
+    rows = rows_for(work, corpora, scales, args, train=False)
     if args.train:
-        rows += train_rows(work, corpora, scales, args)
+        rows += rows_for(work, corpora, scales, args, train=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(rows, indent=2))
