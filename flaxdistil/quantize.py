@@ -324,10 +324,10 @@ def save_compact(qparams, config, out_dir, head: str | None = "mlm", *, tokenize
 def _read_compact_file(f: Path):
     """(qparams, head, config) from a model.quant.safetensors file; config from config.json
     beside it in files written before the metadata held it."""
+    from safetensors import safe_open
+
     from flaxdistil import hf
     from flaxdistil.models import ModelConfig
-
-    from safetensors import safe_open
 
     with safe_open(str(f), "numpy") as fh:
         meta = fh.metadata() or {}
