@@ -6,7 +6,7 @@ export XLA_PYTHON_CLIENT_PREALLOCATE ?= false
 
 .PHONY: setup assets demo demo-export test lint clean teacher distill-minilm results-tiny \
 	results-general sent-teachers results-protocols results-teachers \
-	results-ablation results-compress results-vocab results-tasktypes
+	results-ablation results-compress results-vocab results-tasktypes results-multitask
 
 setup: $(VENV)/.installed
 
@@ -183,6 +183,28 @@ results-vocab: assets
 	$(PY) scripts/arms_table.py --metrics accuracy,mcc \
 	  "MiniLM vocabulary (30,522)=workdirs/vocab_small_vocab_twin" \
 	  "own WordPiece vocabulary (8,192)=workdirs/vocab_small_vocab"
+
+# Issue 10's multi-task table: movie sentiment + BBC topics + Brown POS in one 3-layer student,
+# each task distilled from its own fine-tuned teacher, against the three single-task students of
+# the same job and hyperparameters (configs/multitask_minilm.py), 3 seeds; one table per task.
+MT_ARMS := multi sentiment topics pos
+results-multitask: assets
+	test -f workdirs/sent_teacher/best_hf/config.json || $(PY) scripts/finetune.py \
+	  --config configs/sentiment_minilm.py --workdir workdirs/sent_teacher
+	test -f workdirs/bbc_teacher/best_hf/config.json || $(PY) scripts/finetune.py \
+	  --config configs/bbc_minilm.py --workdir workdirs/bbc_teacher
+	test -f workdirs/pos_teacher/best_hf/config.json || $(PY) scripts/finetune.py \
+	  --config configs/brown_pos_minilm.py --workdir workdirs/pos_teacher
+	for arm in $(MT_ARMS); do \
+	  cfg=configs/multitask_minilm.py; test $$arm = multi || cfg=$$cfg:$$arm; \
+	  $(PY) scripts/seeds.py --job multitask --config $$cfg --workdir workdirs/mt_$$arm \
+	    --seeds=0,1,2 || exit 1; done
+	$(PY) scripts/arms_table.py --metrics sentiment/accuracy,sentiment/mcc \
+	  "single-task=workdirs/mt_sentiment" "multi-task=workdirs/mt_multi"
+	$(PY) scripts/arms_table.py --metrics topics/accuracy,topics/mcc \
+	  "single-task=workdirs/mt_topics" "multi-task=workdirs/mt_multi"
+	$(PY) scripts/arms_table.py --metrics pos/token_accuracy,pos/token_macro_f1 \
+	  "single-task=workdirs/mt_pos" "multi-task=workdirs/mt_multi"
 
 # Issue 15's task types on real data: Brown POS tags (token classification) and the movie
 # snippets' human scores (regression). Per task: the MiniLM-L6 teacher over 3 seeds, then the

@@ -1,7 +1,7 @@
 """Run one config over several seeds and report mean +- std of the test metrics.
 
     python scripts/seeds.py --config configs/sentiment_minilm.py:tiny_kd --workdir W \
-        --seeds=0,1,2 [--job=task|general] [--config.a.b=VALUE ...]
+        --seeds=0,1,2 [--job=task|general|multitask] [--config.a.b=VALUE ...]
 
 Each seed runs in <workdir>/seed_<s> (finished seeds are reused, interrupted ones resume);
 <workdir>/seeds.json holds every run's results and the summary. Compare arms run with the same
@@ -15,9 +15,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # configs/ imports
 
 from flaxdistil import runner  # noqa: E402
 from flaxdistil import seeds as seeding  # noqa: E402
-from flaxdistil.jobs import general, task  # noqa: E402
+from flaxdistil.jobs import general, multitask, task  # noqa: E402
 
-JOBS = {"task": task.run, "general": general.run}
+JOBS = {"task": task.run, "general": general.run, "multitask": multitask.run}
 
 
 def main(cfg, workdir, seeds, job):

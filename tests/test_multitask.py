@@ -425,3 +425,43 @@ def test_a_task_field_from_the_command_line(config_file):
     argv = ["--config.tasks.pos.teacher=/x", "--config.tasks.0.teacher=/y"]
     cfg, _, _ = runner.parse([f"--config={config_file}", "--workdir=w", *argv])
     assert cfg.tasks[1]["teacher"] == "/x" and cfg.tasks[0]["teacher"] == "/y"
+
+
+# ---------------------------------------------------------------- seeds and one-task arms
+
+
+def test_seeds_script_summarises_per_task_metrics_of_a_one_task_arm(
+    config_file, tmp_path, compile_cache
+):
+    """scripts/seeds.py --job multitask: a one-task arm (how configs/multitask_minilm.py makes
+    the single-task students) over two seeds; seeds.json's mean / std are NumPy's over the
+    seeds' results.json, which hold the same numbers as their per-task test scores."""
+    import runpy
+
+    main = runpy.run_path(str(ROOT / "scripts" / "seeds.py"))["main"]
+    cfg = runner.load_config(str(config_file))
+    cfg.tasks = [t for t in cfg.tasks if t["name"] == "cls"]
+    cfg.train.steps, cfg.eval.every, cfg.export.hf = 2, 2, False
+    summary = main(cfg, tmp_path, "0,1", "multitask")
+    runs = [json.loads((tmp_path / f"seed_{s}" / "results.json").read_text()) for s in (0, 1)]
+    assert [set(r["tasks"]) for r in runs] == [{"cls"}, {"cls"}]
+    for r in runs:
+        assert r["test"]["cls/accuracy"] == r["tasks"]["cls"]["test"]["accuracy"]
+        assert r["test"]["mean"] == r["test"]["cls/accuracy"]  # one task: its own metric
+    x = np.array([r["test"]["cls/accuracy"] for r in runs])
+    mean, std = summary["test"]["cls/accuracy"]
+    assert mean == pytest.approx(x.mean()) and std == pytest.approx(x.std(ddof=1))
+    assert json.loads((tmp_path / "seeds.json").read_text())["seeds"] == [0, 1]
+
+
+def test_real_config_arms_keep_one_task_and_its_cadence():
+    from configs import multitask_minilm as m
+
+    full = m.get_config()
+    assert [t["name"] for t in full.tasks] == list(m.TASKS) and full.eval.every == 631 // 3
+    for name in m.TASKS:
+        c = m.get_config(name)
+        assert [t["name"] for t in c.tasks] == [name] and c.eval.every == m.STEPS[name] // 3
+        assert c.train.learning_rate == full.train.learning_rate  # the arms differ in tasks only
+    with pytest.raises(ValueError, match="unknown argument"):
+        m.get_config("movie")

@@ -318,5 +318,6 @@ def _results(cfg, loop_cfg, tasks, batches, best, out, test) -> dict:
         "epochs_run": out.steps_run / out.steps_per_epoch,
         "stopped_early": out.early.should_stop,
         "test_mean": test["mean"],
+        "test": test,  # flat: '<task>/<metric>' and 'mean' (what scripts/seeds.py summarises)
         "train_time_s": out.train_time_s,
     }
