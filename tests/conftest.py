@@ -2,12 +2,34 @@
 
 import datetime
 import json
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from flaxdistil.hf_table import AUTO_CLASSES as AUTO_CLASS
 from flaxdistil.models.config import RENAMED
+
+# Tests compile hundreds of small, different programs and run each a few times, so XLA's
+# compile time is most of the suite: LLVM at -O0 without its expensive passes halves it (a tiny
+# train step 10.8 -> 4.2 s). Set before any test starts jax's backend (importing jax does not);
+# subprocesses inherit it through the tests' ENV dicts, which extend os.environ's XLA_FLAGS.
+# The benchmarks (scripts/bench*) never run with it.
+FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip()
+# Scripts run as a user runs them (subprocesses) compile the same programs again and again: a
+# run, the run killed, the run resumed. One persistent compile cache per test session (shared
+# by the xdist workers, new for every session, so no test sees another session's programs)
+# serves the repeats. jax reads these variables when it is imported: this process, which
+# imported it above, keeps compiling without the cache.
+_SESSION = os.environ.get("PYTEST_XDIST_TESTRUNUID") or str(os.getpid())
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR",
+    str(Path(tempfile.gettempdir()) / f"flaxdistil-test-xla-{_SESSION}"),
+)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 REPORT = Path(__file__).resolve().parents[1] / "reports" / "parity.json"
 

@@ -22,7 +22,7 @@ LEAN = ["--config.data.max_heldout_docs=4", "--config.eval.batch_size=16"]
 ENV = dict(
     os.environ,
     JAX_PLATFORMS="cpu",
-    XLA_FLAGS="--xla_cpu_multi_thread_eigen=false",
+    XLA_FLAGS=f"{os.environ['XLA_FLAGS']} --xla_cpu_multi_thread_eigen=false",
     TF_CPP_MIN_LOG_LEVEL="3",
 )
 

@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))  # for configs/
 ENV = dict(
     os.environ,
     JAX_PLATFORMS="cpu",
-    XLA_FLAGS="--xla_cpu_multi_thread_eigen=false",
+    XLA_FLAGS=f"{os.environ['XLA_FLAGS']} --xla_cpu_multi_thread_eigen=false",
     TF_CPP_MIN_LOG_LEVEL="3",
 )
 CFG = ModelConfig(

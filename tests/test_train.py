@@ -152,7 +152,7 @@ def test_sharded_step_equals_single_device(tmp_path):
     script.write_text(SHARDED_SCRIPT)
     env = dict(
         os.environ,
-        XLA_FLAGS="--xla_force_host_platform_device_count=8",
+        XLA_FLAGS=f"{os.environ['XLA_FLAGS']} --xla_force_host_platform_device_count=8",
         JAX_PLATFORMS="cpu",
         PYTHONPATH=str(ROOT),
     )
