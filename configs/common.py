@@ -53,6 +53,13 @@ TASK_DATA = dict(
     max_train_examples=0,  # 0 = all
     max_eval_examples=0,
     cache_dir="",  # tokenisation cache ("" = <flaxdistil cache>/task_tokens)
+    # A directory written by scripts/prepare_data.py --task (tokenised examples as ArrayRecord):
+    # the training examples stream from it through grain, validation / test are read whole;
+    # it replaces dataset / train_file. read_threads / prefetch / workers as for a corpus.
+    array_record="",
+    read_threads=2,
+    prefetch=8,
+    workers=0,
 )
 
 

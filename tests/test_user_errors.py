@@ -123,6 +123,17 @@ CASES = {
         "--config.data.label_names=neg,pos",
         expect=["label7.csv", "label_out_of_range", "'7'", "('neg', 'pos')"],
     ),
+    "a corpus directory as task data": finetune(
+        "--config.data.array_record={A}/corpus_ar",
+        "--config.data.max_train_examples=0",
+        "--config.data.max_eval_examples=0",
+        expect=["task-examples", "found 'flaxdistil-token-ids-1'", "a corpus"],
+    ),
+    "prepare_data --task of a missing file": Case(
+        "prepare_data.py",
+        ("--tokenizer", "minilm", "--task", "{A}/no_such.csv", "--out", "{W}"),
+        ("no_such.csv",),
+    ),
     "batch larger than the data": finetune(
         "--config.train.batch_size=1000", expect=["batch size 1000", "examples"]
     ),
@@ -215,6 +226,11 @@ def make_assets(out: Path) -> None:
         f"document {i}: the student learns to imitate its teacher on every token" for i in range(60)
     ]
     (out / "corpus.txt").write_text("\n\n".join(docs) + "\n")
+    from flaxdistil import hf
+    from flaxdistil.data import array_records, text_pipeline
+
+    tok = text_pipeline.load_tokenizer(hf.resolve("minilm"))
+    array_records.write(out / "corpus_ar", {"train": docs, "heldout": docs[:4]}, tok, 32, "test")
 
 
 def _argv(case: Case, assets: Path, workdir: Path) -> list[str]:

@@ -12,6 +12,13 @@ A prepared directory holds, per split (``train``, ``heldout``):
 
 and one ``manifest.json``: the format, the tokenizer's fingerprint, max_length and the filter
 settings, and per split the shard files and the document / sequence / token counts.
+
+Task data (``scripts/prepare_data.py --task``, format ``flaxdistil-task-examples-1``) uses the
+same layout for the splits ``train``, ``validation``, ``test``; a record is one tokenised
+example: int32 little-endian ``[L, K, token_level, float_labels]`` then its L input ids, L token
+type ids, K labels (int32, or float32 when float_labels: a class id, a regression target, a
+multi-hot row; token level: L tag ids, -100 off first sub-tokens) and, token level, L word ids.
+The manifest's ``task`` says the task type, label names and the shape of one example's labels.
 """
 
 from __future__ import annotations
@@ -26,8 +33,10 @@ import numpy as np
 from flaxdistil.data import text_pipeline
 
 FORMAT = "flaxdistil-token-ids-1"
+TASK_FORMAT = "flaxdistil-task-examples-1"
 MANIFEST = "manifest.json"
 SPLITS = ("train", "heldout")
+TASK_SPLITS = ("train", "validation", "test")
 MAX_LENGTH = np.iinfo(np.uint16).max  # the lengths file is uint16
 
 
@@ -55,15 +64,19 @@ class SplitWriter:
             self.counts += counts[: len(self.counts)]
 
     def _add(self, seq: np.ndarray) -> None:
+        self.add_record(seq.astype("<i4").tobytes(), len(seq))
+
+    def add_record(self, record: bytes, length: int) -> None:
+        """One record of a sequence of ``length`` tokens (the lengths file plans batches)."""
         from array_record.python.array_record_module import ArrayRecordWriter
 
         if self.sequences % self.shard_size == 0:
             self._close_shard()
             self.tmp_files.append(self.out / f"{self.split}-{len(self.tmp_files):05d}.tmp")
             self.writer = ArrayRecordWriter(str(self.tmp_files[-1]), "group_size:1")
-        self.writer.write(seq.astype("<i4").tobytes())
-        self.lengths.write(np.uint16(len(seq)).tobytes())
-        self.sequences, self.tokens = self.sequences + 1, self.tokens + len(seq)
+        self.writer.write(record)
+        self.lengths.write(np.uint16(length).tobytes())
+        self.sequences, self.tokens = self.sequences + 1, self.tokens + length
 
     def _close_shard(self) -> None:
         if self.writer is not None:
@@ -125,11 +138,13 @@ def write(
     return write_manifest(out, entries, tokenizer, max_length, source)
 
 
-def write_manifest(out: Path, entries: dict, tokenizer, max_length: int, source: str) -> dict:
+def write_manifest(
+    out: Path, entries: dict, tokenizer, max_length: int, source: str, fmt: str = FORMAT, **extra
+) -> dict:
     """The manifest of the splits ``entries`` (SplitWriter.close's), written last: a directory
     with a manifest is complete."""
     manifest = {
-        "format": FORMAT,
+        "format": fmt,
         "source": source,
         "tokenizer": {
             "fingerprint": text_pipeline.tokenizer_fingerprint(tokenizer),
@@ -140,6 +155,7 @@ def write_manifest(out: Path, entries: dict, tokenizer, max_length: int, source:
         "min_length": text_pipeline.MIN_LENGTH,
         "max_unk_fraction": text_pipeline.MAX_UNK_FRACTION,
         "splits": entries,
+        **extra,
     }
     tmp = out / f"{MANIFEST}.{os.getpid()}.tmp"
     tmp.write_text(json.dumps(manifest, indent=2))
@@ -168,7 +184,7 @@ def _chunk(ids: np.ndarray, tokenizer, max_length: int) -> list[np.ndarray]:
 # ---------------------------------------------------------------------------- reading
 
 
-def read_manifest(directory: str | Path) -> dict:
+def read_manifest(directory: str | Path, formats: tuple[str, ...] = (FORMAT,)) -> dict:
     d = Path(directory).expanduser()
     if not d.is_dir():
         raise FileNotFoundError(
@@ -181,8 +197,13 @@ def read_manifest(directory: str | Path) -> dict:
             f"{d} has no {MANIFEST}: not a finished scripts/prepare_data.py output"
         )
     manifest = json.loads(path.read_text())
-    if manifest.get("format") != FORMAT:
-        raise ValueError(f"{path}: expected format {FORMAT!r}, found {manifest.get('format')!r}")
+    if manifest.get("format") not in formats:
+        want = " or ".join(map(repr, formats))
+        hint = {
+            FORMAT: " (a corpus: the general job's data)",
+            TASK_FORMAT: " (task examples: a task job's data)",
+        }.get(manifest.get("format"), "")
+        raise ValueError(f"{path}: expected format {want}, found {manifest.get('format')!r}{hint}")
     return manifest
 
 
@@ -216,7 +237,7 @@ def source(directory, split: str, manifest: dict | None = None):
     import grain
 
     d = Path(directory)
-    info = split_info(manifest or read_manifest(d), d, split)
+    info = split_info(manifest or read_manifest(d, (FORMAT, TASK_FORMAT)), d, split)
     # "file[0:n]" with the counts from the manifest: without them the source opens every file
     # with a full in-memory index just to count its records (memory that grows with the shards)
     paths = [f"{d / f}[0:{n}]" for f, n in zip(info["files"], info["records"])]
@@ -246,3 +267,93 @@ def load_encoded(directory, split: str, limit: int = 0):
     n = min(limit, len(src)) if limit else len(src)
     rows = [decode(r) for r in src.__getitems__(range(n))]
     return tasks.from_rows(rows, None, np.zeros(len(rows), np.int32))
+
+
+# ---------------------------------------------------------------------------- task examples
+
+
+def encode_example(ids, types, labels, word_ids=None) -> bytes:
+    """One task example as a record (the layout in the module docstring)."""
+    labels = np.asarray(labels).reshape(-1)
+    is_float = labels.dtype.kind == "f"
+    token_level = word_ids is not None
+    head = np.array([len(ids), len(labels), token_level, is_float], "<i4")
+    parts = [head, np.asarray(ids, "<i4"), np.asarray(types, "<i4")]
+    parts.append(labels.astype("<f4" if is_float else "<i4"))
+    if token_level:
+        parts.append(np.asarray(word_ids, "<i4"))
+    return b"".join(p.tobytes() for p in parts)
+
+
+def decode_examples(records, label_shape=()):
+    """Task records -> tasks.Encoded rows (row-level labels reshaped to ``label_shape`` each)."""
+    from flaxdistil.data import tasks
+
+    ids, types, labels, words, token_level = [], [], [], [], False
+    for r in records:
+        length, k, token_level, is_float = np.frombuffer(r, "<i4", 4)
+        body = np.frombuffer(r, "<i4", offset=16)
+        ids.append(body[:length])
+        types.append(body[length : 2 * length])
+        lab = body[2 * length : 2 * length + k]
+        labels.append(lab.view("<f4").astype(np.float32) if is_float else lab.astype(np.int32))
+        if token_level:
+            words.append(body[2 * length + k : 3 * length + k])
+    flat = lambda xs: np.concatenate(xs).astype(np.int32) if xs else np.zeros(0, np.int32)
+    lengths = np.array([len(x) for x in ids], np.int32)
+    if token_level:
+        return tasks.Encoded(flat(ids), flat(types), lengths, flat(labels), True, flat(words))
+    rows = np.stack(labels) if labels else np.zeros((0, 1), np.int32)
+    return tasks.Encoded(
+        flat(ids), flat(types), lengths, rows.reshape(len(rows), *label_shape), False
+    )
+
+
+def write_task(out_dir, data, tokenizer, max_length: int, source: str, shard_size: int = 100_000):
+    """A task's tokenised splits (task_data.TaskData, not QA) as records; the manifest."""
+    spec = data.spec
+    if spec.task_type == "qa":
+        raise ValueError(
+            "QA features (doc-stride windows, span post-processing) are not "
+            "prepared as records: train QA from data.dataset or data.train_file"
+        )
+    if not 3 <= max_length <= MAX_LENGTH:
+        raise ValueError(f"max_length must be in [3, {MAX_LENGTH}], got {max_length}")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out} is a file; expected a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST).unlink(missing_ok=True)  # no manifest = not a finished directory
+    entries, label_shape = {}, ()
+    for split in TASK_SPLITS:
+        enc = data.splits[split]
+        for stale in out.glob(f"{split}-*-of-*.array_record"):
+            stale.unlink()
+        writer = SplitWriter(out, split, len(tokenizer), shard_size)
+        offsets = enc.offsets
+        label_shape = tuple(enc.labels.shape[1:]) if not enc.token_level else ()
+        for i in range(len(enc)):
+            lo, hi = offsets[i], offsets[i + 1]
+            labels = enc.labels[lo:hi] if enc.token_level else enc.labels[i]
+            words = enc.word_ids[lo:hi] if enc.token_level else None
+            writer.add_record(
+                encode_example(enc.input_ids[lo:hi], enc.token_type_ids[lo:hi], labels, words),
+                int(hi - lo),
+            )
+        writer.documents = len(enc)
+        entries[split] = writer.close()
+    task = {
+        "task_type": spec.task_type,
+        "label_names": list(spec.label_names) if spec.label_names else None,
+        "num_labels": spec.n_labels,
+        "label_shape": list(label_shape),
+        "skipped_rows": [str(r) for r in data.reports if r.skipped],
+    }
+    return write_manifest(out, entries, tokenizer, max_length, source, TASK_FORMAT, task=task)
+
+
+def load_task_split(directory, split: str, manifest: dict):
+    """A (small) task split whole in memory as tasks.Encoded: validation and test."""
+    src = source(directory, split, manifest)
+    shape = tuple(manifest["task"]["label_shape"])
+    return decode_examples(src.__getitems__(range(len(src))), shape)

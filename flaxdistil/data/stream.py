@@ -1,5 +1,7 @@
 """Training batches streamed from a prepared ArrayRecord directory through grain, in bounded
-memory, with the in-memory ``batching.Batches``'s semantics and interface (what Loop drives).
+memory, with the in-memory ``batching.Batches``'s semantics and interface (what Loop drives):
+a corpus's token sequences (general distillation) or a task's examples with their labels
+(array_records' task records; the batches are tasks.collate's, as from the in-memory rows).
 
 The pipeline is a grain ``MapDataset`` indexed by the global batch number k:
 
@@ -87,9 +89,10 @@ class Plan:
 class Reader:
     """Global batch rows -> this process's rows as a padded batch (collate's layout)."""
 
-    def __init__(self, directory, split, rows, pad_id, pad_multiple, plan: Plan):
+    def __init__(self, directory, split, rows, pad_id, pad_multiple, plan: Plan, task=None):
         self.directory, self.split, self.rows = directory, split, rows
         self.pad_id, self.pad_multiple, self.plan = pad_id, pad_multiple, plan
+        self.task = task  # the manifest's task entry for task examples, None for a corpus
         self._source = None
 
     def __getstate__(self):
@@ -102,11 +105,16 @@ class Reader:
         start, stop = self.rows
         # one record at a time: __getitems__ starts a thread per shard file on every call, and
         # each thread its own malloc arena, so memory would grow with the number of shards
-        seqs = [array_records.decode(self._source[int(i)]) for i in rows[start:stop]]
-        flat = np.concatenate(seqs)
-        lengths = np.array([len(s) for s in seqs], np.int32)
-        enc = Encoded(flat, np.zeros_like(flat), lengths, np.zeros(len(seqs), np.int32))
-        return collate(enc, np.arange(len(seqs)), self.pad_id, self.pad_multiple, width)
+        records = [self._source[int(i)] for i in rows[start:stop]]
+        if self.task is not None:
+            shape = tuple(self.task["label_shape"])
+            enc = array_records.decode_examples(records, shape)
+        else:
+            seqs = [array_records.decode(r) for r in records]
+            flat = np.concatenate(seqs)
+            lengths = np.array([len(s) for s in seqs], np.int32)
+            enc = Encoded(flat, np.zeros_like(flat), lengths, np.zeros(len(seqs), np.int32))
+        return collate(enc, np.arange(len(records)), self.pad_id, self.pad_multiple, width)
 
 
 class StreamBatches:
@@ -130,7 +138,8 @@ class StreamBatches:
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.directory, self.split = Path(directory), split
-        self.manifest = array_records.read_manifest(directory)
+        formats = (array_records.FORMAT, array_records.TASK_FORMAT)
+        self.manifest = array_records.read_manifest(directory, formats)
         self.n = array_records.split_info(self.manifest, directory, split)["sequences"]
         if self.n < batch_size:
             raise ValueError(
@@ -180,7 +189,8 @@ class StreamBatches:
         plan = Plan(
             self.directory, self.split, self.n, self.batch_size, self.seed, self.group_batches
         )
-        reader = Reader(self.directory, self.split, self.rows, self.pad_id, self.pad_multiple, plan)
+        reader = Reader(self.directory, self.split, self.rows, self.pad_id, self.pad_multiple, plan,
+                        self.manifest.get("task"))  # fmt: skip
         ds = grain.MapDataset.range(len(self)).repeat().map_with_index(plan.at)
         options = grain.ReadOptions(num_threads=self.threads, prefetch_buffer_size=self.prefetch)
         ds = ds.map(reader).to_iter_dataset(options)

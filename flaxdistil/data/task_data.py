@@ -41,6 +41,8 @@ class TaskData:
     reports: list  # DataReport per source read
     qa_eval: dict | None = None  # split -> (examples, QAEvalFeatures) for task 'qa'
     examples: dict | None = None  # split -> the Examples before tokenisation
+    streamed: str = ""  # a prepared directory whose training split streams (no splits['train'])
+    manifest: dict | None = None  # that directory's manifest
 
     @property
     def label_names(self):
@@ -161,7 +163,10 @@ def read_splits(d):
 
 def load_task_data(d, tokenizer, cache_dir=None) -> TaskData:
     """Reads, limits (``max_train_examples`` / ``max_eval_examples``, 0 = all) and tokenises
-    (cached as .npz under ``cache_dir``, default <flaxdistil cache>/task_tokens)."""
+    (cached as .npz under ``cache_dir``, default <flaxdistil cache>/task_tokens); with
+    ``array_record``, the prepared examples (``load_prepared``)."""
+    if d.get("array_record"):
+        return load_prepared(d, tokenizer)
     examples, reports, spec = read_splits(d)
     if d.max_train_examples:
         examples["train"] = examples["train"][: d.max_train_examples]
@@ -175,6 +180,31 @@ def load_task_data(d, tokenizer, cache_dir=None) -> TaskData:
         s: tasks.encode(examples[s], tokenizer, spec, d.max_length, cache_dir) for s in SPLITS
     }
     return TaskData(spec, splits, reports, examples=examples)
+
+
+def load_prepared(d, tokenizer) -> TaskData:
+    """A task prepared by scripts/prepare_data.py --task: validation and test in memory, the
+    training split left on disk (``streamed``: its directory) for stream.StreamBatches."""
+    from flaxdistil.data import array_records
+
+    for key in ("max_train_examples", "max_eval_examples"):
+        if d[key]:
+            raise ValueError(
+                f"data.{key}={d[key]} limits tokenisation; with data.array_record pass "
+                f"--{key} to scripts/prepare_data.py --task and leave data.{key}=0"
+            )
+    manifest = array_records.read_manifest(d.array_record, (array_records.TASK_FORMAT,))
+    array_records.check_manifest(manifest, d.array_record, tokenizer, d.max_length)
+    t = manifest["task"]
+    if t["task_type"] != d.task:
+        raise ValueError(
+            f"data.array_record {d.array_record} holds a {t['task_type']!r} task, the config "
+            f"says data.task={d.task!r}: set data.task={t['task_type']!r}"
+        )
+    names = tuple(t["label_names"]) if t["label_names"] else None
+    spec = TaskSpec(t["task_type"], names, None if names else t["num_labels"])
+    splits = {s: array_records.load_task_split(d.array_record, s, manifest) for s in SPLITS[1:]}
+    return TaskData(spec, splits, [], streamed=str(d.array_record), manifest=manifest)
 
 
 def encode_split(data: TaskData, split: str, tokenizer, d) -> tasks.Encoded:

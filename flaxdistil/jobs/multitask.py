@@ -97,6 +97,8 @@ def _refuse_unsupported(cfg) -> None:
         "train.trainable": t.trainable,
         "train.qat_bits": t.qat_bits,
         "prune.sparsity": cfg.prune.sparsity,
+        "data.array_record (streamed task data)": cfg.data.array_record
+        or any(dict(e).get("array_record") for e in cfg.get("tasks") or []),
         "a multi-process run": jax.process_count() > 1,
     }
     for what, on in refused.items():

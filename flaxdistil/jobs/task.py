@@ -53,16 +53,55 @@ def setup(cfg):
     if id2label is not None:
         config = config.replace(id2label=id2label)
     common.teacher_tokenizers(teachers, config, tokenizer, data.spec.task_type)
+    if data.streamed:
+        _refuse_with_stream(cfg, teachers)
     for t in teachers:  # a teacher with its own tokenizer reads the same examples in its tokens
         if t.own_tokenizer is not None:
             t.rows = task_data.encode_split(data, "train", t.own_tokenizer, cfg.data)
     sizes = ", ".join(f"{len(e):,} {s}" for s, e in data.splits.items())
-    print(f"data: {cfg.data.train_file or cfg.data.dataset} ({data.spec.task_type}): {sizes}")
+    if data.streamed:
+        n = data.manifest["splits"]["train"]["sequences"]
+        sizes = f"{n:,} train streamed from {data.streamed}, {sizes}"
+    print(f"data: {_data_name(cfg)} ({data.spec.task_type}): {sizes}")
     print(f"student: {origin}; {students.count_params(params):,} params", flush=True)
     for t in teachers:
         n = students.count_params(t.params)
         print(f"teacher: {t.path}; {n:,} params (weight {t.weight:g}, {t.dtype})", flush=True)
     return tokenizer, data, head, params, config, teachers
+
+
+def _data_name(cfg) -> str:
+    d = cfg.data
+    return d.get("array_record") or d.train_file or d.dataset
+
+
+def _refuse_with_stream(cfg, teachers) -> None:
+    """What needs the training examples in memory, refused with data.array_record."""
+    if cfg.teacher.cache:
+        raise ValueError("teacher.cache needs the in-memory examples: unset data.array_record")
+    if any(t.own_tokenizer is not None for t in teachers):
+        raise ValueError(
+            "a teacher with its own tokenizer reads the training examples in its tokens, which "
+            "data.array_record does not hold: unset data.array_record or the teacher's tokenizer"
+        )
+
+
+def streamed_batches(cfg, data, pad_id: int):
+    """The training batches of a prepared task (data.array_record) through grain."""
+    from flaxdistil.data import stream
+
+    d, t = cfg.data, cfg.train
+    return stream.StreamBatches(
+        d.array_record,
+        t.batch_size,
+        t.seed,
+        pad_id,
+        t.pad_multiple,
+        group_by_length=t.group_by_length,
+        threads=d.read_threads,
+        prefetch=d.prefetch,
+        workers=d.workers,
+    )
 
 
 def run(cfg, workdir) -> dict:
@@ -72,11 +111,16 @@ def run(cfg, workdir) -> dict:
     t, e = cfg.train, cfg.eval
     tokenizer, data, head, params, s_cfg, teachers = setup(cfg)
     task = data.spec.task_type
-    train_rows = data.splits["train"]
-    total = common.total_steps(cfg, len(train_rows))
-    obj, hparams = common.build_objective(cfg, task, s_cfg, teachers, tokenizer, total)
     pad = tokenizer.pad_token_id
-    batches, cached = common.train_batches(cfg, train_rows, pad, teachers, obj, head)
+    if data.streamed:
+        batches, cached = streamed_batches(cfg, data, pad), False
+        total = common.total_steps(cfg, batches.n)
+        obj, hparams = common.build_objective(cfg, task, s_cfg, teachers, tokenizer, total)
+    else:
+        train_rows = data.splits["train"]
+        total = common.total_steps(cfg, len(train_rows))
+        obj, hparams = common.build_objective(cfg, task, s_cfg, teachers, tokenizer, total)
+        batches, cached = common.train_batches(cfg, train_rows, pad, teachers, obj, head)
     engine = common.build_engine(cfg, head, params, s_cfg, teachers, obj, hparams, total, cached)
     forward = evaluate.make_forward(Model(s_cfg, head))
     score = lambda p, split="validation", per_label=False: evaluate.evaluate_task(
@@ -91,7 +135,8 @@ def run(cfg, workdir) -> dict:
     n = students.count_params(best)
     results = {
         "task": task,
-        "dataset": cfg.data.train_file or cfg.data.dataset,
+        "dataset": _data_name(cfg),
+        "streamed": bool(data.streamed),
         "student": cfg.student.path or teachers_.first_path(cfg),
         "layers": s_cfg.num_hidden_layers,
         "teacher": _teacher_paths(teachers),
