@@ -263,8 +263,11 @@ def test_qa_script_reads_json_and_tab_separated_lines(models, tmp_path):
     f = tmp_path / "questions.txt"
     f.write_text("\n".join(lines) + "\n")
     ours = _predict_script("--model", d, "--input", f, "--batch-size", 1)
-    ref = flaxdistil.pipeline(None, d)(QUESTIONS[:2])
-    assert ours == json.loads(json.dumps(ref))  # same objects, through JSON
+    ref = json.loads(json.dumps(flaxdistil.pipeline(None, d)(QUESTIONS[:2])))
+    # the same objects, through JSON; the scores to float rounding (the script's batches of 1
+    # and the pipeline's batch of 2 are different XLA programs)
+    assert [{**o, "score": 0} for o in ours] == [{**o, "score": 0} for o in ref]
+    assert [o["score"] for o in ours] == pytest.approx([o["score"] for o in ref], rel=1e-5)
 
 
 # ---------------------------------------------------------------- mistakes: one line each
