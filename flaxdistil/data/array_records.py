@@ -103,6 +103,24 @@ class SplitWriter:
         }
 
 
+def _start(out_dir, max_length: int) -> Path:
+    """The output directory, made, without a manifest until it is complete again."""
+    if not 3 <= max_length <= MAX_LENGTH:
+        raise ValueError(f"max_length must be in [3, {MAX_LENGTH}], got {max_length}")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out} is a file; expected a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST).unlink(missing_ok=True)  # no manifest = not a finished directory
+    return out
+
+
+def _split_writer(out: Path, split: str, vocab_size: int, shard_size: int) -> SplitWriter:
+    for stale in out.glob(f"{split}-*-of-*.array_record"):  # an earlier run's shards
+        stale.unlink()
+    return SplitWriter(out, split, vocab_size, shard_size)
+
+
 def write(
     out_dir: str | Path,
     splits: dict[str, Iterable[str]],
@@ -114,18 +132,10 @@ def write(
 ) -> dict:
     """Tokenise the documents of each split (``{'train': texts, 'heldout': texts}``) into
     ``out_dir`` as text_pipeline.tokenize_corpus does, ``batch_docs`` at a time; the manifest."""
-    if not 3 <= max_length <= MAX_LENGTH:
-        raise ValueError(f"max_length must be in [3, {MAX_LENGTH}], got {max_length}")
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"--out {out} is a file; expected a directory")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MANIFEST).unlink(missing_ok=True)  # no manifest = not a finished directory
+    out = _start(out_dir, max_length)
     entries = {}
     for split, texts in splits.items():
-        for stale in out.glob(f"{split}-*-of-*.array_record"):  # an earlier run's shards
-            stale.unlink()
-        writer = SplitWriter(out, split, len(tokenizer), shard_size)
+        writer = _split_writer(out, split, len(tokenizer), shard_size)
         for docs in _chunks(texts, batch_docs):
             ids = text_pipeline.tokenize_documents(docs, tokenizer, batch_docs)
             writer.add_documents([_chunk(x, tokenizer, max_length) for x in ids])
@@ -317,19 +327,11 @@ def write_task(out_dir, data, tokenizer, max_length: int, source: str, shard_siz
             "QA features (doc-stride windows, span post-processing) are not "
             "prepared as records: train QA from data.dataset or data.train_file"
         )
-    if not 3 <= max_length <= MAX_LENGTH:
-        raise ValueError(f"max_length must be in [3, {MAX_LENGTH}], got {max_length}")
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"--out {out} is a file; expected a directory")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MANIFEST).unlink(missing_ok=True)  # no manifest = not a finished directory
+    out = _start(out_dir, max_length)
     entries, label_shape = {}, ()
     for split in TASK_SPLITS:
         enc = data.splits[split]
-        for stale in out.glob(f"{split}-*-of-*.array_record"):
-            stale.unlink()
-        writer = SplitWriter(out, split, len(tokenizer), shard_size)
+        writer = _split_writer(out, split, len(tokenizer), shard_size)
         offsets = enc.offsets
         label_shape = tuple(enc.labels.shape[1:]) if not enc.token_level else ()
         for i in range(len(enc)):
