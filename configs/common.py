@@ -136,10 +136,12 @@ def base(job: str) -> ml_collections.ConfigDict:
         trainable="",  # comma-separated param path prefixes to train ("" = all)
         # Quantisation-aware training: the forward sees every Dense kernel fake-quantised at
         # qat_bits (2-8; 0 = off; per output channel, or groups of qat_group_size inputs),
-        # straight-through gradients, float params (flaxdistil/quantize.py); qat_embeddings:
-        # the embedding tables' bits (0 = float).
+        # straight-through gradients, float params (flaxdistil/quantize.py); qat_symmetric=False
+        # adds a zero point per channel / group; qat_embeddings: the embedding tables' bits
+        # (0 = float). Quantise the result with the same scheme (scripts/compress.py --bits).
         qat_bits=0,
         qat_group_size=0,
+        qat_symmetric=True,
         qat_embeddings=0,
         group_by_length=True,  # sort within chunks of 50 batches: less padding
         pad_multiple=32,  # batch widths are multiples of this (few compiled shapes)

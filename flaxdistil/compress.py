@@ -32,6 +32,8 @@ COMPACT = "flaxdistil"  # the subdirectory of flaxdistil's own files
 class Request:
     bits: int | None = None
     group_size: int | None = None
+    asymmetric: bool = False  # a zero point per channel / group (the full 2^bits codes)
+    embedding_bits: int | None = None  # None: embedding tables stay float
     sparsity: float = 0.0
     scope: str = "global"
     heads_keep: int | None = None
@@ -50,6 +52,13 @@ class Request:
             raise ValueError(f"bits must be an integer from 2 to 8, got {self.bits!r}")
         if self.group_size is not None and (self.bits is None or self.group_size < 1):
             raise ValueError(f"group size {self.group_size} needs bits and a size >= 1")
+        for what, on in (("asymmetric", self.asymmetric), ("embedding bits", self.embedding_bits)):
+            if on and self.bits is None:
+                raise ValueError(f"{what} quantisation needs bits for the linear layers too")
+        if self.embedding_bits is not None and self.embedding_bits not in range(2, 9):
+            raise ValueError(
+                f"embedding bits must be an integer from 2 to 8, got {self.embedding_bits!r}"
+            )
         for name, n, limit in (
             ("heads", self.heads_keep, cfg.num_attention_heads),
             ("FFN neurons", self.ffn_keep, cfg.intermediate_size),
@@ -163,7 +172,13 @@ def _structured(params, cfg, head, req: Request, tokenizer, texts, notes: list):
 
 
 def _quantize(params, cfg, req: Request):
-    qparams = quantize.quantize_params(params, bits=req.bits, group_size=req.group_size)
+    qparams = quantize.quantize_params(
+        params,
+        bits=req.bits,
+        group_size=req.group_size,
+        symmetric=not req.asymmetric,
+        embeddings=req.embedding_bits or False,
+    )
     return qparams, quantize.dequantize_params(qparams)
 
 
@@ -243,10 +258,12 @@ def _dir_mb(path: Path) -> float:
 
 
 def _bits(module: str, req: Request) -> int:
-    """Stored bits of a module's weights: quantize_params' defaults quantise the linear layers
-    (embeddings and LayerNorm stay float32)."""
-    if not req.bits or "embeddings" in module or "norm" in module.lower():
+    """Stored bits of a module's weights: the linear layers at bits, the embedding tables at
+    embedding_bits (float32 without), LayerNorms float32."""
+    if not req.bits or "norm" in module.lower():
         return 32
+    if "embeddings" in module:
+        return req.embedding_bits or 32
     return req.bits
 
 

@@ -239,14 +239,18 @@ def fake_quantize_params(params, scheme: Scheme):
 
 
 def qat_scheme(train_cfg) -> Scheme | None:
-    """train.qat_bits (0 = off), train.qat_group_size (0 = per channel), train.qat_embeddings
-    (0 = float embeddings, else their bits) -> the Scheme train_step fake-quantises with."""
+    """train.qat_bits (0 = off), train.qat_group_size (0 = per channel), train.qat_symmetric
+    (False: a zero point per channel or group), train.qat_embeddings (0 = float embeddings,
+    else their bits) -> the Scheme train_step fake-quantises with."""
     bits = train_cfg.get("qat_bits", 0)
     if not bits:
         return None
+    symmetric = train_cfg.get("qat_symmetric", True)
     try:
+        if not isinstance(symmetric, bool):
+            raise ValueError(f"symmetric must be True or False, got {symmetric!r}")
         return Scheme.make(
-            bits, train_cfg.get("qat_group_size", 0), True, train_cfg.get("qat_embeddings", 0)
+            bits, train_cfg.get("qat_group_size", 0), symmetric, train_cfg.get("qat_embeddings", 0)
         )
     except ValueError as e:
         raise ValueError(f"train.qat_*: {e}") from None

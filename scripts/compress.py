@@ -2,7 +2,7 @@
 
   python scripts/compress.py --src DIR --out DIR [--sparsity S] [--scope global|layer]
       [--heads-keep H] [--ffn-keep F] [--data TEXTS] [--vocab-from CORPUS]
-      [--bits N] [--group-size G] [--head seq_cls] [--check]
+      [--bits N] [--group-size G] [--asymmetric] [--embedding-bits E] [--head seq_cls] [--check]
 
 OUT loads in transformers (pruned weights zero, heads / FFN / vocabulary physically smaller;
 pruned heads as zero weights, which transformers 5 cannot drop) and OUT/flaxdistil holds
@@ -39,11 +39,14 @@ def main(argv=None) -> int:
     ap.add_argument("--vocab-from", help="keep only the tokens this corpus uses (.txt or dir)")
     ap.add_argument("--bits", type=int, help="weight quantisation, 2-8 bits")
     ap.add_argument("--group-size", type=int, help="quantisation group size (default per channel)")
+    ap.add_argument("--asymmetric", action="store_true", help="zero points (per channel / group)")
+    ap.add_argument("--embedding-bits", type=int, help="quantise the embedding tables too, 2-8")
     ap.add_argument("--check", action="store_true", help="compare the export with transformers")
     a = ap.parse_args(argv)
     head = None if a.head == "None" else a.head
     report = compress(
         a.src, a.out, head=head, check=a.check, bits=a.bits, group_size=a.group_size,
+        asymmetric=a.asymmetric, embedding_bits=a.embedding_bits,
         sparsity=a.sparsity, scope=a.scope, heads_keep=a.heads_keep, ffn_keep=a.ffn_keep,
         vocab_from=a.vocab_from, data=a.data, max_examples=a.max_examples,
     )  # fmt: skip

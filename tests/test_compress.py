@@ -133,6 +133,8 @@ def _main(argv):
         (["--ffn-keep", "8"], "give data"),
         (["--src", "{T}/nope"], "no checkpoint directory at"),
         (["--bits", "9"], "bits must be an integer from 2 to 8"),
+        (["--asymmetric"], "asymmetric quantisation needs bits"),
+        (["--bits", "4", "--embedding-bits", "1"], "embedding bits must be an integer from 2"),
         (["--vocab-from", "{T}/none.txt"], "does not exist"),
     ],
 )
@@ -176,6 +178,45 @@ def test_bits_quantise_the_export_within_half_a_step(src, tmp_path):
     exported = flaxdistil.load_pretrained(tmp_path / "q", "seq_cls").params
     for a, b in zip(*(jax_leaves(t) for t in (compact, exported)), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-7)
+
+
+def test_asymmetric_bits_and_embedding_bits_through_the_cli(src, tmp_path, capsys):
+    """--bits 4 --asymmetric --embedding-bits 6: every linear weight in the export (encoder, pooler,
+    classifier) is the
+    NumPy reference's asymmetric 4-bit value per output channel (tests/test_quantize.py's
+    np_quantize, written from the definitions), every embedding table its asymmetric 6-bit value
+    per row; LayerNorms and biases untouched; the printed table says the bits."""
+    import transformers
+
+    from tests.test_quantize import np_dequantize, np_quantize
+
+    d, _ = src
+    assert _main(["--src", d, "--out", tmp_path / "q", "--bits", "4", "--asymmetric",
+                  "--embedding-bits", "6"]) == 0  # fmt: skip
+    table = capsys.readouterr().out
+    ref = transformers.AutoModelForSequenceClassification.from_pretrained(d).state_dict()
+    got = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "q")
+    got = got.state_dict()
+    n = {"linear": 0, "embedding": 0}
+    for k, w in ref.items():
+        w, g = w.numpy().astype(np.float32), got[k].numpy()
+        if "embeddings" not in k and k.endswith(".weight") and w.ndim == 2:
+            codes, scales, zeros = np_quantize(w, 4, None, symmetric=False)  # torch: [out, in]
+            assert len(np.unique(codes[0])) > 2 and np.any(zeros != 0), k  # really asymmetric
+            np.testing.assert_allclose(g, np_dequantize(codes, scales, zeros, None), atol=1e-6)
+            n["linear"] += 1
+        elif k.startswith("bert.embeddings.") and k.endswith("_embeddings.weight"):
+            codes, scales, zeros = np_quantize(w, 6, None, symmetric=False)  # per row
+            np.testing.assert_allclose(g, np_dequantize(codes, scales, zeros, None), atol=1e-6)
+            n["embedding"] += 1
+        else:
+            np.testing.assert_array_equal(g, w, err_msg=k)
+    assert n == {"linear": 4 * 6 + 2, "embedding": 3}
+    rows = {line.split()[0]: line.split()[-1] for line in table.splitlines()[1:] if "/" in line}
+    assert rows["encoder/embeddings/word_embeddings"] == "6", rows
+    assert rows["encoder/embeddings/LayerNorm"] == "32", rows
+    layer = {k: v for k, v in rows.items() if "/layer/" in k and "norm" not in k.lower()}
+    assert len(layer) == 3 and set(layer.values()) == {"4"}, rows  # attention, fc1, fc2
 
 
 def jax_leaves(tree):

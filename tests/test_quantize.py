@@ -216,16 +216,27 @@ def test_ste_gradient_is_identity():
     assert len(np.unique(np.asarray(fq[:, 0]))) <= 3  # 2 bits symmetric: -s, 0, s
 
 
-def test_qat_step_is_a_float_step_on_fake_quantised_weights():
+@pytest.mark.parametrize("bits, group, symmetric", [(4, 16, True), (3, None, False)])
+def test_qat_step_is_a_float_step_on_fake_quantised_weights(bits, group, symmetric):
     """At step 0 a QAT step's loss is the plain step's on the fake-quantised params, and with the
-    straight-through gradient (no weight decay) both apply the same update; params stay float."""
+    straight-through gradient (no weight decay) both apply the same update; params stay float.
+    The scheme comes from the train.qat_* fields, as the jobs build it."""
     params = init_student(CFG, "seq_cls", jax.random.key(3))
     obj = Objective(task="classification")
     hp = hparams({"temperature": 1.0, "hard_label_weight": 1.0, "kd_loss_weight": 0.0}, obj)
     tx = train.make_optimizer(learning_rate=1e-2, total_steps=4, weight_decay=0.0)
     mesh = sharding.make_mesh(1, jax.devices()[:1])
     rep = sharding.replicated(mesh)
-    scheme = quantize.Scheme.make(4, group_size=16)
+    scheme = quantize.qat_scheme(
+        ml_collections.ConfigDict(
+            dict(qat_bits=bits, qat_group_size=group or 0, qat_symmetric=symmetric)
+        )
+    )
+    assert (scheme.bits, scheme.group_size, scheme.symmetric) == (bits, group, symmetric)
+    fq = quantize.fake_quantize_params(params, scheme)["encoder"]["layer"]["fc1"]["kernel"]
+    codes, scales, zeros = np_quantize(np.asarray(params["encoder"]["layer"]["fc1"]["kernel"][0]).T,
+                                       bits, group, symmetric)  # fmt: skip
+    np.testing.assert_allclose(fq[0].T, np_dequantize(codes, scales, zeros, group), atol=1e-6)
     batch = {
         "input_ids": np.random.default_rng(0).integers(5, 64, (4, 10)).astype(np.int32),
         "attention_mask": np.ones((4, 10), np.int32),
@@ -263,5 +274,7 @@ def test_bad_requests_one_clear_line():
     with pytest.raises(ValueError, match=r"^train.qat_\*: bits must be .* got 9$"):
         quantize.qat_scheme(ml_collections.ConfigDict(dict(qat_bits=9, qat_group_size=0)))
     assert quantize.qat_scheme(ml_collections.ConfigDict(dict(qat_bits=0))) is None
+    with pytest.raises(ValueError, match=r"^train.qat_\*: symmetric must be True or False, got 0$"):
+        quantize.qat_scheme(ml_collections.ConfigDict(dict(qat_bits=4, qat_symmetric=0)))
     with pytest.raises(ValueError, match="matmul must be one of"):
         quantize.inference_fn(quantize.quantize_params(params, bits=8), CFG, matmul="int4")
