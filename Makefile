@@ -6,7 +6,7 @@ export XLA_PYTHON_CLIENT_PREALLOCATE ?= false
 
 .PHONY: setup assets demo demo-export test lint clean teacher distill-minilm results-tiny \
 	results-general sent-teachers results-protocols results-teachers \
-	results-ablation results-compress results-vocab results-tasktypes results-multitask
+	results-ablation results-compress results-vocab results-tasktypes results-multitask results-compare
 
 setup: $(VENV)/.installed
 
@@ -144,6 +144,14 @@ results-ablation: results-general
 	$(PY) scripts/arms_table.py --metrics accuracy,mcc "triple loss=workdirs/gd_distilbert/sentiment" \
 	  "no L_ce=workdirs/gd_no_ce/sentiment" "no L_cos=workdirs/gd_no_cos/sentiment" \
 	  "no L_mlm=workdirs/gd_no_mlm/sentiment" "random init=workdirs/gd_random/sentiment"
+
+# Issue 15's seed 000 comparison on BBC topics (configs/bbc_minilm.py:compare): MiniLM-L6, its
+# 3- and 2-layer slices, results-general's two distilled 3-layer students and a random T4-tiny,
+# fine-tuned with identical hyperparameters over seeds 0, 1, 2: comparison.csv, summary.csv,
+# comparison.md (paired differences from MiniLM-L6), mcc_vs_steps.png, runtime.png.
+results-compare: results-general
+	$(PY) scripts/compare_models.py --config configs/bbc_minilm.py:compare \
+	  --workdir workdirs/compare_bbc
 
 # Issue 11's seed 004 experiment: the fine-tuned MiniLM-L6 (large) and a fine-tuned 3-layer
 # student (small) pruned iteratively to 30/50/70/90% (15% of what remains per round, a short

@@ -168,7 +168,8 @@ def base(job: str) -> ml_collections.ConfigDict:
     c.mesh = dict(fsdp=1)
     if not general:
         # scripts/compare_models.py: 'name=path[@layers];...' trained with this same config
-        c.compare = dict(models="", plot_metric="mcc")
+        # seeds: '' = one run with train.seed; '0,1,2' = each model per seed, mean +- std
+        c.compare = dict(models="", plot_metric="mcc", seeds="")
     return c
 
 

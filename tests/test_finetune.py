@@ -2,6 +2,7 @@
 soft KL, early stopping by hand, and tiny end-to-end runs on real movie-snippet slices."""
 
 import csv
+import json
 import sys
 from pathlib import Path
 
@@ -404,6 +405,68 @@ def test_compare_models_writes_csv_and_pngs(tiny_dir, tmp_path):
         assert (tmp_path / "cmp" / png).read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="name=path"):
         compare.parse_models("just-a-path")
+
+
+def test_compare_over_seeds_summarises_each_model(tiny_dir, tmp_path):
+    """compare.seeds=0,1: each model per seed (a '{seed}' path reads that seed's checkpoint);
+    summary.csv is NumPy's mean / std (ddof 1) of the per-seed results.json, the plotted curve
+    is the mean of the seeds' eval.csv, comparison.md the paired difference of the seeds."""
+    from flaxdistil import compare
+
+    for s in (0, 1):
+        (tmp_path / f"m_{s}").symlink_to(tiny_dir)
+    cfg = _tiny_cfg(tiny_dir, tmp_path, evals={"metric": "mcc"})
+    cfg.export.hf = False
+    cfg.compare.seeds = "0,1"
+    cfg.compare.models = f"A={tmp_path}/m_{{seed}};B={tiny_dir}@0"
+    work = tmp_path / "cmp"
+    rows = compare.compare(cfg, work)
+    assert [(r["model"], r["seed"]) for r in rows] == [("A", 0), ("A", 1), ("B", 0), ("B", 1)]
+    res = {
+        (m, s): json.loads((work / m / f"seed_{s}" / "results.json").read_text())
+        for m in "AB"
+        for s in (0, 1)
+    }
+    assert res["A", 0]["test"] != res["A", 1]["test"]  # the seeds really differ
+    with (work / "summary.csv").open() as f:
+        summary = {r["model"]: r for r in csv.DictReader(f)}
+    for m in "AB":
+        x = np.array([res[m, s]["test"]["accuracy"] for s in (0, 1)])
+        assert float(summary[m]["test_accuracy_mean"]) == pytest.approx(x.mean(), abs=1e-12)
+        assert float(summary[m]["test_accuracy_std"]) == pytest.approx(x.std(ddof=1), abs=1e-12)
+        assert summary[m]["seeds"] == "2"
+    curves = [compare.read_curve(work / "A" / f"seed_{s}" / "eval.csv", "mcc") for s in (0, 1)]
+    steps, mean, _ = compare.mean_curve(curves)
+    assert steps == curves[0][0]
+    np.testing.assert_allclose(mean, np.mean([c[1] for c in curves], axis=0), atol=1e-12)
+    d = [res["B", s]["test"]["mcc"] - res["A", s]["test"]["mcc"] for s in (0, 1)]
+    assert f"{np.mean(d):+.4f} [" in (work / "comparison.md").read_text()
+    for png in ("mcc_vs_steps.png", "runtime.png"):
+        assert (work / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_compare_random_students_and_bad_specs():
+    from configs import task_tiny
+    from flaxdistil import compare
+
+    (e,) = compare.parse_models("T4=random:T4-tiny")
+    c = compare.configure(task_tiny.get_config(), e)
+    assert (c.student.init, c.student.preset, c.student.layers) == ("random", "T4-tiny", "")
+    for bad, expect in (
+        ("T4=random:T5-huge", "one of"),
+        ("T4=random:T4-tiny@0", "no @layers"),
+        ("A=x;A=y", "distinct model names"),
+    ):
+        with pytest.raises(ValueError, match=expect):
+            compare.parse_models(bad)
+    for bad in ("0,0", "a", ","):
+        with pytest.raises(ValueError, match="compare.seeds: expected distinct integers"):
+            compare.parse_seeds(bad)
+    assert compare.parse_seeds("") is None and compare.parse_seeds("3,1") == [3, 1]
+    from configs import bbc_minilm
+
+    real = bbc_minilm.get_config("compare").compare
+    assert len(compare.parse_models(real.models)) == 6 and compare.parse_seeds(real.seeds)
 
 
 def test_resume_continues_and_a_fresh_run_drops_stale_outputs(tiny_dir, tmp_path):
