@@ -6,7 +6,7 @@ export XLA_PYTHON_CLIENT_PREALLOCATE ?= false
 
 .PHONY: setup assets demo demo-export test lint clean teacher distill-minilm results-tiny \
 	results-general sent-teachers results-protocols results-teachers \
-	results-ablation results-compress results-vocab results-tasktypes results-multitask results-compare
+	results-ablation results-compress results-vocab results-tasktypes results-multitask results-compare results-antiberty
 
 setup: $(VENV)/.installed
 
@@ -144,6 +144,16 @@ results-ablation: results-general
 	$(PY) scripts/arms_table.py --metrics accuracy,mcc "triple loss=workdirs/gd_distilbert/sentiment" \
 	  "no L_ce=workdirs/gd_no_ce/sentiment" "no L_cos=workdirs/gd_no_cos/sentiment" \
 	  "no L_mlm=workdirs/gd_no_mlm/sentiment" "random init=workdirs/gd_random/sentiment"
+
+# AntiBERTy (8 layers) -> its layers [0, 2, 4, 6] on the IMGT germline V genes, distilled (the
+# triple loss) and MLM-only from the same layers, seeds 0, 1, 2: held-out MLM loss / accuracy.
+results-antiberty: assets
+	$(PY) scripts/seeds.py --job=general --config configs/antiberty_l4.py \
+	  --workdir workdirs/antiberty_l4 --seeds=0,1,2
+	$(PY) scripts/seeds.py --job=general --config configs/antiberty_l4.py:mlm_only \
+	  --workdir workdirs/antiberty_l4_mlm_only --seeds=0,1,2
+	$(PY) scripts/arms_table.py --metrics mlm_loss,mlm_accuracy \
+	  "MLM only=workdirs/antiberty_l4_mlm_only" "distilled=workdirs/antiberty_l4"
 
 # Issue 15's seed 000 comparison on BBC topics (configs/bbc_minilm.py:compare): MiniLM-L6, its
 # 3- and 2-layer slices, results-general's two distilled 3-layer students and a random T4-tiny,

@@ -243,3 +243,21 @@ def test_minilm_presets_run_in_the_step():
     terms = [obj.matches[i].key(i) for i in range(2)]
     assert all(np.isfinite(float(m[k])) and float(m[k]) > 0 for k in terms)
     assert float(m["loss"]) == pytest.approx(float(m[terms[0]] + m[terms[1]]), rel=1e-5)
+
+
+@pytest.mark.parametrize("arm, kd, cos", [(None, True, 1), ("mlm_only", False, 0)])
+def test_antiberty_arms_resolve_to_the_triple_loss_and_mlm_alone(arm, kd, cos):
+    """configs/antiberty_l4.py (make results-antiberty): the default arm is DistilBERT's triple
+    loss (KD on the logits, MLM, one cosine match), 'mlm_only' the masked-token loss alone."""
+    from types import SimpleNamespace
+
+    from configs import antiberty_l4
+    from flaxdistil.jobs.common import build_objective
+    from flaxdistil.teachers import Teacher
+
+    teacher = Teacher(pre=SimpleNamespace(config=TEACHER), path="antiberty")
+    tok = SimpleNamespace(mask_token_id=4, all_special_ids=[0, 1, 2, 3, 4])
+    student = TEACHER.replace(num_hidden_layers=2)
+    obj, hp = build_objective(antiberty_l4.get_config(arm), "mlm", student, [teacher], tok, 60)
+    assert (obj.use_kd, obj.use_hard, len(obj.matches)) == (kd, True, cos)
+    assert all(m.loss == "cos" for m in obj.matches)
