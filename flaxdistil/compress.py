@@ -38,6 +38,7 @@ class Request:
     scope: str = "global"
     heads_keep: int | None = None
     ffn_keep: int | None = None
+    iterations: int = 1  # heads / FFN: re-rank after each of this many steps (TextPruner's n_iters)
     vocab_from: str | None = None
     data: str | None = None
     max_examples: int = 256
@@ -65,6 +66,14 @@ class Request:
         ):
             if n is not None and not 1 <= n <= limit:
                 raise ValueError(f"cannot keep {n} {name} per layer: the model has {limit}")
+        if (
+            isinstance(self.iterations, bool)
+            or not isinstance(self.iterations, int)
+            or (self.iterations < 1)
+        ):
+            raise ValueError(f"iterations must be an integer >= 1, got {self.iterations!r}")
+        if self.iterations > 1 and not (self.heads_keep or self.ffn_keep):
+            raise ValueError("iterations > 1 prunes heads / FFN neurons: give heads / FFN to keep")
         if (self.heads_keep or self.ffn_keep) and not self.data:
             raise ValueError("heads / FFN pruning ranks units on data: give data (a text file)")
 
@@ -163,12 +172,14 @@ def _structured(params, cfg, head, req: Request, tokenizer, texts, notes: list):
             "heads / FFN importance needs a model with a head (logits), the checkpoint has none"
         )
     batches = list(_batches(tokenizer, texts, req))
-    h_imp, f_imp = ps.importance(cfg, head, params, batches, use_logits=True)
     n = min(len(texts), req.max_examples)
-    notes.append(f"heads / FFN ranked by Taylor importance on {n} texts (own predictions)")
-    keep_h = ps.choose(h_imp, req.heads_keep) if req.heads_keep else None
-    keep_f = ps.choose(f_imp, req.ffn_keep, "FFN neurons") if req.ffn_keep else None
-    return ps.prune_heads_ffn(params, cfg, keep_h, keep_f)
+    steps = f", re-ranked in {req.iterations} iterations" if req.iterations > 1 else ""
+    notes.append(f"heads / FFN ranked by Taylor importance on {n} texts (own predictions){steps}")
+    params, cfg, _, _ = ps.iterative_prune(
+        cfg, head, params, batches, heads_keep=req.heads_keep, ffn_keep=req.ffn_keep,
+        iterations=req.iterations, use_logits=True,
+    )  # fmt: skip
+    return params, cfg
 
 
 def _quantize(params, cfg, req: Request):

@@ -171,6 +171,47 @@ def prune_heads_ffn(params, cfg: ModelConfig, keep_heads=None, keep_ffn=None):
     return {**params, "encoder": enc}, new_cfg
 
 
+def schedule(n_layers: int, size: int, keep: int, iterations: int) -> list[int]:
+    """Units per layer after each iteration, as TextPruner's iterative_pruning counts them: the
+    total still to remove is split evenly over the iterations (the remainder one more each in
+    the first ones), and the even per-layer size is the running total // n_layers."""
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
+        raise ValueError(f"iterations must be an integer >= 1, got {iterations!r}")
+    go = n_layers * (size - keep)
+    per, extra = divmod(go, iterations)
+    total, sizes = n_layers * size, []
+    for i in range(iterations):
+        total -= per + (1 if i < extra else 0)
+        sizes.append(total // n_layers)
+    return sizes
+
+
+def iterative_prune(
+    cfg: ModelConfig, head: str, params, batches, *, heads_keep=None, ffn_keep=None,
+    iterations: int = 1, use_logits: bool = False,
+):  # fmt: skip
+    """TextPruner's iterative structured pruning (pruning_order None): each iteration ranks the
+    heads and FFN neurons on the model pruned so far and removes its share (``schedule``), so a
+    unit's importance is measured without the units already gone. Returns (params, config, kept
+    head indices [L, heads_keep], kept FFN indices [L, ffn_keep]), indices into the original
+    layers (None for what is not pruned)."""
+    L = cfg.num_hidden_layers
+    h_sizes = schedule(L, cfg.num_attention_heads, heads_keep, iterations) if heads_keep else None
+    f_sizes = schedule(L, cfg.intermediate_size, ffn_keep, iterations) if ffn_keep else None
+    kept_h = np.tile(np.arange(cfg.num_attention_heads), (L, 1))
+    kept_f = np.tile(np.arange(cfg.intermediate_size), (L, 1))
+    for i in range(iterations):
+        h_imp, f_imp = importance(cfg, head, params, batches, use_logits=use_logits)
+        sel_h = choose(h_imp, h_sizes[i]) if h_sizes else None
+        sel_f = choose(f_imp, f_sizes[i], "FFN neurons") if f_sizes else None
+        params, cfg = prune_heads_ffn(params, cfg, sel_h, sel_f)
+        if sel_h is not None:
+            kept_h = np.take_along_axis(kept_h, sel_h, 1)
+        if sel_f is not None:
+            kept_f = np.take_along_axis(kept_f, sel_f, 1)
+    return params, cfg, kept_h if heads_keep else None, kept_f if ffn_keep else None
+
+
 def full_heads(params, cfg: ModelConfig):
     """A head-pruned model as one with hidden_size / head_dim heads, the missing ones zero: the
     form transformers 5 loads (it has no pruned_heads). Outputs are unchanged: a zero head's

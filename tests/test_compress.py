@@ -83,7 +83,8 @@ def _cli(*args):
 
 
 def test_cli_end_to_end_vocab_heads_ffn(src, tmp_path):
-    """Vocabulary, heads and FFN pruning through the script: the directory and its new tokenizer
+    """Vocabulary, heads and FFN pruning (in 2 iterations) through the script: the directory and
+    its new tokenizer
     load in transformers and give the compact (physically smaller) flaxdistil model's logits."""
     from flaxdistil import Model
     from flaxdistil.compress import load_pruned
@@ -91,8 +92,9 @@ def test_cli_end_to_end_vocab_heads_ffn(src, tmp_path):
     d, corpus = src
     out = tmp_path / "out"
     args = ["--src", d, "--out", out, "--sparsity", "0.3", "--heads-keep", "2", "--ffn-keep"]
-    r = _cli(*args, "40", "--data", corpus, "--vocab-from", corpus, "--check")
+    r = _cli(*args, "40", "--iterations", "2", "--data", corpus, "--vocab-from", corpus, "--check")
     assert r.returncode == 0, r.stderr[-2000:]
+    assert "re-ranked in 2 iterations" in r.stdout
     assert "vocabulary: kept" in r.stdout and "transformers 5 has no pruned_heads" in r.stdout
     assert "sparsity" in r.stdout and "size on disk" in r.stdout
 
@@ -134,6 +136,8 @@ def _main(argv):
         (["--src", "{T}/nope"], "no checkpoint directory at"),
         (["--bits", "9"], "bits must be an integer from 2 to 8"),
         (["--asymmetric"], "asymmetric quantisation needs bits"),
+        (["--iterations", "2"], "iterations > 1 prunes heads / FFN neurons"),
+        (["--iterations", "0", "--heads-keep", "2", "--data", "{C}"], "iterations must be an"),
         (["--bits", "4", "--embedding-bits", "1"], "embedding bits must be an integer from 2"),
         (["--vocab-from", "{T}/none.txt"], "does not exist"),
     ],

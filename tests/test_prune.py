@@ -193,6 +193,73 @@ def test_importance_matches_textpruner(tiny_cls, tmp_path):
     model.zero_grad()
 
 
+# Two settings where re-ranking keeps other units than one shot (heads in the first, FFN in the
+# second), so the test tells iterative from one-shot pruning.
+@pytest.mark.parametrize("heads_keep, ffn_keep, iterations", [(1, 9, 3), (2, 8, 4)])
+def test_iterative_structured_pruning_matches_textpruner(
+    tiny_cls, tmp_path, heads_keep, ffn_keep, iterations
+):
+    """ps.iterative_prune keeps the heads and FFN neurons TextPruner's iterative_pruning keeps
+    (n_iters, even masking, importance re-computed on the model pruned so far), and the pruned
+    model equals TextPruner's torch model with those units zeroed, on the batches."""
+    import copy
+
+    import torch
+
+    textpruner = pytest.importorskip("textpruner")
+    from flaxdistil import prune_structured as ps
+    from flaxdistil.models import Model
+
+    model, _, pre, batches = tiny_cls
+    ref = copy.deepcopy(model)
+    pruner = textpruner.TransformerPruner(
+        ref,
+        transformer_pruning_config=textpruner.TransformerPruningConfig(
+            target_num_of_heads=heads_keep,
+            target_ffn_size=ffn_keep,
+            pruning_method="iterative",
+            n_iters=iterations,
+            head_even_masking=True,
+            ffn_even_masking=True,
+        ),  # fmt: skip
+        general_config=textpruner.GeneralConfig(use_device="cpu", output_dir=str(tmp_path)),
+    )
+    # keep_shape: zeroed, not removed (removal calls prune_heads, which transformers 5 lacks)
+    pruner.prune(_torch_batches(batches), keep_shape=True, save_model=False)
+    params, cfg, kept_h, kept_f = ps.iterative_prune(
+        pre.config, "seq_cls", pre.params, batches, heads_keep=heads_keep, ffn_keep=ffn_keep,
+        iterations=iterations,
+    )  # fmt: skip
+    ref_h = np.nonzero(pruner.head_mask.numpy())[1].reshape(L, heads_keep)
+    ref_f = np.nonzero(pruner.ffn_mask.numpy())[1].reshape(L, ffn_keep)
+    np.testing.assert_array_equal(kept_h, ref_h)
+    np.testing.assert_array_equal(kept_f, ref_f)
+    one_shot = ps.importance(pre.config, "seq_cls", pre.params, batches)
+    differs = not np.array_equal(ps.choose(one_shot[0], heads_keep), ref_h) or not (
+        np.array_equal(ps.choose(one_shot[1], ffn_keep, "FFN neurons"), ref_f)
+    )
+    assert differs, "re-ranking changed nothing here: the test would not tell one shot apart"
+    assert (cfg.num_attention_heads, cfg.intermediate_size) == (heads_keep, ffn_keep)
+    b = batches[0]
+    got, _ = Model(cfg, "seq_cls").apply({"params": params}, b["input_ids"], b["attention_mask"])
+    with torch.no_grad():
+        want = ref(input_ids=torch.tensor(b["input_ids"]),
+                   attention_mask=torch.tensor(b["attention_mask"])).logits.numpy()  # fmt: skip
+    np.testing.assert_allclose(np.asarray(got), want, atol=1e-5)
+
+
+def test_iteration_schedule_is_textpruners():
+    from flaxdistil import prune_structured as ps
+
+    # TextPruner's totals: 3 layers x 4 heads -> 3 x 1 in 2 iterations removes 5 then 4 heads
+    # (12 -> 7 -> 3), even per layer 7 // 3 = 2, then 1.
+    assert ps.schedule(3, 4, 1, 2) == [2, 1]
+    assert ps.schedule(3, 48, 9, 3) == [35, 22, 9]  # 144 - 39 = 105, 66, 27 in all
+    assert ps.schedule(2, 4, 2, 1) == [2]
+    with pytest.raises(ValueError, match="iterations must be an integer >= 1, got 0"):
+        ps.schedule(2, 4, 2, 0)
+
+
 def _torch_importance(model, batches, labels_of):
     """TextPruner's sums in torch, the loss the HF cross entropy on labels_of(logits, batch)."""
     import torch
