@@ -172,7 +172,11 @@ SENT_L := workdirs/sent_teacher/best_hf
 SENT_S := workdirs/sent_distill/seed_0/best_hf
 BBC_L := workdirs/bbc_teacher/best_hf
 BBC_S := workdirs/bbc_l3_kd/best_hf
-results-compress: results-protocols
+results-compress: assets
+	test -f $(SENT_L)/config.json || $(PY) scripts/finetune.py --config configs/sentiment_minilm.py \
+	  --workdir workdirs/sent_teacher
+	test -f $(SENT_S)/config.json || $(PY) scripts/seeds.py --config configs/sentiment_minilm.py:distill \
+	  --workdir workdirs/sent_distill --seeds=0 $(SENT_T)
 	test -f $(BBC_L)/config.json || $(PY) scripts/finetune.py --config configs/bbc_minilm.py \
 	  --workdir workdirs/bbc_teacher
 	test -f $(BBC_S)/config.json || $(PY) scripts/distill_task.py --config configs/bbc_minilm.py:distill \
