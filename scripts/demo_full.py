@@ -3,19 +3,19 @@
     python scripts/demo_full.py [--workdir workdirs/demo_full] [--dataset bbc_news] [--reuse]
 
 1. fine-tune all-MiniLM-L6-v2 on the movie-review snippets (binary sentiment): the teacher;
-2. slice every other layer of the fine-tuned teacher into a 3-layer student and distil it
-   (hard-label CE + KL at temperature T on the teacher's logits);
-3. fine-tune the same 3 layers sliced from the *pretrained* MiniLM, same hyperparameters, no
-   teacher: the baseline;
-4. evaluate all three on the test split, export the distilled student to Hugging Face format and
-   check it in transformers (PyTorch), measure CPU latency at batch 1 (jitted forward on one
+2. four 3-layer students with the same hyperparameters, in two pairs that each start from one
+   set of weights: every other layer of the fine-tuned teacher, distilled (hard-label CE + KL at
+   temperature T on the teacher's logits) and trained without the teacher; the same layers of
+   the *pretrained* MiniLM, distilled and trained without the teacher. Within a pair only the
+   teacher differs; across pairs only the initialisation;
+3. evaluate all five on the test split, export the distilled students to Hugging Face format and
+   check them in transformers (PyTorch), measure CPU latency at batch 1 (jitted forward on one
    sentence, median of 50 runs), and print / write the table (<workdir>/results.{json,md}).
 Every phase shows a progress bar. --reuse skips phases whose results.json already exists.
+One seed (train.seed 4): the seeded comparison of the same four arms is `make results-protocols`.
 
-Expected (seed 4, 2-core CPU): movie_snippets in 12 min, test accuracy teacher 0.838, distilled
-0.815, baseline 0.817 (2026-12-01; one seed, see the README on what that does and does not show);
-bbc_news (old stacks, 2026-11-22) teacher 0.964, distilled 0.959, baseline 0.946. The exported
-student matches transformers to ~4e-6.
+Expected (2-core CPU): movie_snippets in about 20 min. The exported students match transformers
+to ~4e-6.
 """
 
 import argparse
@@ -38,23 +38,24 @@ CONFIGS = {"movie_snippets": "configs.sentiment_minilm", "bbc_news": "configs.bb
 SENTENCE = "A gripping, funny and thoroughly original movie that never lets go."
 ROWS = (
     ("teacher", "teacher (MiniLM-L6)"),
-    ("distilled", "student L3, distilled"),
-    ("baseline", "student L3, no teacher"),
+    ("distill", "teacher's L3 slice + KD"),
+    ("baseline_ft", "teacher's L3 slice, no teacher"),
+    ("distill_pre", "pretrained L3 slice + KD"),
+    ("baseline", "pretrained L3 slice, no teacher"),
 )
+# (distilled, its twin from the same weights without the teacher)
+PAIRS = (("distill", "baseline_ft"), ("distill_pre", "baseline"))
 
 
 def phase_configs(args, workdir: Path) -> dict:
     module = importlib.import_module(CONFIGS[args.dataset])
-    cfgs = {
-        "teacher": module.get_config(),
-        "distilled": module.get_config("distill"),
-        "baseline": module.get_config("baseline"),
-    }
-    cfgs["distilled"].teacher.path = str(workdir / "teacher" / "best_hf")
+    cfgs = {name: module.get_config(None if name == "teacher" else name) for name, _ in ROWS}
     for name, c in cfgs.items():
+        if name != "teacher":  # the KD target, and the weights of the teacher's slices
+            c.teacher.path = str(workdir / "teacher" / "best_hf")
         c.train.checkpoint_every = 0  # the full state at the end only: saves cost seconds here
         c.train.desc = name
-        c.export.check = name == "distilled"  # the export check the demo reports
+        c.export.check = name.startswith("distill")  # the export checks the demo reports
         c.train.epochs = args.epochs or c.train.epochs
         c.data.max_length = args.max_length or c.data.max_length
         lr = args.teacher_lr if name == "teacher" else args.student_lr
@@ -110,6 +111,23 @@ def table(results: dict, dataset: str) -> str:
     return "\n".join(lines)
 
 
+def pair_checks(results: dict) -> dict:
+    """Per distilled arm: the share of the teacher's test accuracy it keeps, whether it beats
+    its no-teacher twin from the same weights, and its transformers export check."""
+    acc = {k: r["test"]["accuracy"] for k, r in results.items()}
+    return {
+        kd: {
+            "keeps_fraction_of_teacher_accuracy": acc[kd] / acc["teacher"],
+            "keeps_95pct_of_teacher_accuracy": bool(acc[kd] >= 0.95 * acc["teacher"]),
+            "beats_twin_without_teacher": bool(acc[kd] > acc[twin]),
+            "twin": twin,
+            "export_checked_in_transformers": results[kd].get("transformers_check_ok"),
+            "export_max_abs_diff": results[kd].get("transformers_max_abs_diff"),
+        }
+        for kd, twin in PAIRS
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--workdir", default="workdirs/demo_full")
@@ -128,7 +146,7 @@ def main() -> None:
     cfgs = phase_configs(args, workdir)
     results, phase_time = {}, {}
     for i, (name, label) in enumerate(ROWS):
-        print(f"\n=== [{i + 1}/4] {label} ===", flush=True)
+        print(f"\n=== [{i + 1}/{len(ROWS) + 1}] {label} ===", flush=True)
         t0 = time.perf_counter()
         results[name] = run_phase(name, cfgs[name], workdir, args.reuse)
         # A reused phase counts with the wall time it took when it ran.
@@ -136,7 +154,7 @@ def main() -> None:
 
     if not sharding.is_primary():  # multi-host: process 0 measures and writes the table
         return
-    print("\n=== [4/4] latency at batch 1 and the table ===", flush=True)
+    print(f"\n=== [{len(ROWS) + 1}/{len(ROWS) + 1}] latency at batch 1 and the table ===")
     from transformers import AutoTokenizer
 
     t0 = time.perf_counter()
@@ -146,14 +164,7 @@ def main() -> None:
         results[name]["latency_ms"] = latency[name]
         results[name]["phase_wall_s"] = phase_time[name]
     phase_time["latency"] = time.perf_counter() - t0
-    t, d, b = (results[k]["test"]["accuracy"] for k in ("teacher", "distilled", "baseline"))
-    checks = {
-        "distilled_keeps_95pct_of_teacher_accuracy": bool(d >= 0.95 * t),
-        "distilled_beats_baseline": bool(d > b),
-        "distilled_keeps_fraction": d / t,
-        "export_checked_in_transformers": results["distilled"].get("transformers_check_ok"),
-        "export_max_abs_diff": results["distilled"].get("transformers_max_abs_diff"),
-    }
+    checks = pair_checks(results)
     total = max(time.perf_counter() - t_start, sum(phase_time.values()))
     summary = {
         "dataset": args.dataset,
@@ -166,13 +177,16 @@ def main() -> None:
     (workdir / "results.json").write_text(json.dumps(summary, indent=2))
     (workdir / "results.md").write_text(md + "\n")
     print("\n" + md)
-    print(
-        f"\ndistilled student keeps {d / t:.1%} of the teacher's test accuracy "
-        f"({'>=' if checks['distilled_keeps_95pct_of_teacher_accuracy'] else '<'} 95%) and "
-        f"{'beats' if checks['distilled_beats_baseline'] else 'does NOT beat'} the no-teacher "
-        f"student ({d:.4f} vs {b:.4f})"
-    )
-    print(f"export checked in transformers: max |diff| {checks['export_max_abs_diff']}")
+    acc = {k: r["test"]["accuracy"] for k, r in results.items()}
+    for kd, twin in PAIRS:
+        verdict = "beats" if acc[kd] > acc[twin] else "does NOT beat"
+        print(
+            f"{dict(ROWS)[kd]}: {acc[kd] / acc['teacher']:.1%} of the teacher's test accuracy; "
+            f"{verdict} its twin without the teacher ({acc[kd]:.4f} vs {acc[twin]:.4f})"
+        )
+    for kd, _ in PAIRS:
+        diff = checks[kd]["export_max_abs_diff"]
+        print(f"{kd}: export checked in transformers, max |diff| {diff}")
     print(
         "phase wall times (s): "
         + ", ".join(f"{k} {v:.0f}" for k, v in phase_time.items())
