@@ -177,7 +177,7 @@ results-compress: assets
 	test -f $(SENT_L)/config.json || $(PY) scripts/finetune.py --config configs/sentiment_minilm.py \
 	  --workdir workdirs/sent_teacher
 	test -f $(SENT_S)/config.json || $(PY) scripts/seeds.py --config configs/sentiment_minilm.py:distill \
-	  --workdir workdirs/sent_distill --seeds=0 $(SENT_T)
+	  --workdir workdirs/sent_distill --seeds=0, $(SENT_T)
 	test -f $(BBC_L)/config.json || $(PY) scripts/finetune.py --config configs/bbc_minilm.py \
 	  --workdir workdirs/bbc_teacher
 	test -f $(BBC_S)/config.json || $(PY) scripts/distill_task.py --config configs/bbc_minilm.py:distill \
