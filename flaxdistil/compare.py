@@ -272,8 +272,8 @@ def compare(cfg, workdir, entries: list[Entry] | None = None) -> list[dict]:
     paths = write_report(rows, curves, workdir, metric)
     print(format_rows(summarize_rows(rows)), flush=True)
     if seed_ids is not None and len(seed_ids) > 1 and len(entries) > 1:
-        test = rows[0]
-        metrics = [m for m in dict.fromkeys((metric, "mcc", "accuracy")) if test.get(f"test_{m}")]
+        wanted = dict.fromkeys((metric, "mcc", "accuracy"))
+        metrics = [m for m in wanted if rows[0].get(f"test_{m}") is not None]
         md = seeding.arms_table({e.name: workdir / e.name for e in entries}, metrics)
         (workdir / "comparison.md").write_text(md + "\n")
         paths.append(workdir / "comparison.md")
@@ -286,6 +286,8 @@ def format_rows(summary: list[dict]) -> str:
     """The summary as text: mean (and +- std over seeds where there are several)."""
 
     def cell(r, k, fmt):
+        if f"{k}_mean" not in r:  # e.g. no MCC for a regression task
+            return "-"
         m, s = r[f"{k}_mean"], r[f"{k}_std"]
         return f"{m:{fmt}}" + (f" +- {s:{fmt}}" if r["seeds"] > 1 else "")
 

@@ -49,29 +49,22 @@ class Request:
         prune.check_sparsity(self.sparsity)
         if self.scope not in prune.SCOPES:
             raise ValueError(f"scope must be one of {prune.SCOPES}, got {self.scope!r}")
-        if self.bits is not None and (isinstance(self.bits, bool) or self.bits not in range(2, 9)):
-            raise ValueError(f"bits must be an integer from 2 to 8, got {self.bits!r}")
+        if self.bits is not None:
+            quantize.check_bits(self.bits)
         if self.group_size is not None and (self.bits is None or self.group_size < 1):
             raise ValueError(f"group size {self.group_size} needs bits and a size >= 1")
         for what, on in (("asymmetric", self.asymmetric), ("embedding bits", self.embedding_bits)):
             if on and self.bits is None:
                 raise ValueError(f"{what} quantisation needs bits for the linear layers too")
-        if self.embedding_bits is not None and self.embedding_bits not in range(2, 9):
-            raise ValueError(
-                f"embedding bits must be an integer from 2 to 8, got {self.embedding_bits!r}"
-            )
+        if self.embedding_bits is not None:
+            quantize.check_bits(self.embedding_bits, "embedding bits")
         for name, n, limit in (
             ("heads", self.heads_keep, cfg.num_attention_heads),
             ("FFN neurons", self.ffn_keep, cfg.intermediate_size),
         ):
             if n is not None and not 1 <= n <= limit:
                 raise ValueError(f"cannot keep {n} {name} per layer: the model has {limit}")
-        if (
-            isinstance(self.iterations, bool)
-            or not isinstance(self.iterations, int)
-            or (self.iterations < 1)
-        ):
-            raise ValueError(f"iterations must be an integer >= 1, got {self.iterations!r}")
+        ps.check_iterations(self.iterations)
         if self.iterations > 1 and not (self.heads_keep or self.ffn_keep):
             raise ValueError("iterations > 1 prunes heads / FFN neurons: give heads / FFN to keep")
         if (self.heads_keep or self.ffn_keep) and not self.data:

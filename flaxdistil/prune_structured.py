@@ -171,12 +171,17 @@ def prune_heads_ffn(params, cfg: ModelConfig, keep_heads=None, keep_ffn=None):
     return {**params, "encoder": enc}, new_cfg
 
 
+def check_iterations(iterations) -> int:
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
+        raise ValueError(f"iterations must be an integer >= 1, got {iterations!r}")
+    return iterations
+
+
 def schedule(n_layers: int, size: int, keep: int, iterations: int) -> list[int]:
     """Units per layer after each iteration, as TextPruner's iterative_pruning counts them: the
     total still to remove is split evenly over the iterations (the remainder one more each in
     the first ones), and the even per-layer size is the running total // n_layers."""
-    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
-        raise ValueError(f"iterations must be an integer >= 1, got {iterations!r}")
+    check_iterations(iterations)
     go = n_layers * (size - keep)
     per, extra = divmod(go, iterations)
     total, sizes = n_layers * size, []

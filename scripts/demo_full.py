@@ -177,16 +177,14 @@ def main() -> None:
     (workdir / "results.json").write_text(json.dumps(summary, indent=2))
     (workdir / "results.md").write_text(md + "\n")
     print("\n" + md)
-    acc = {k: r["test"]["accuracy"] for k, r in results.items()}
     for kd, twin in PAIRS:
-        verdict = "beats" if acc[kd] > acc[twin] else "does NOT beat"
+        c, (a, b) = checks[kd], (results[k]["test"]["accuracy"] for k in (kd, twin))
+        verdict = "beats" if c["beats_twin_without_teacher"] else "does NOT beat"
         print(
-            f"{dict(ROWS)[kd]}: {acc[kd] / acc['teacher']:.1%} of the teacher's test accuracy; "
-            f"{verdict} its twin without the teacher ({acc[kd]:.4f} vs {acc[twin]:.4f})"
+            f"{dict(ROWS)[kd]}: {c['keeps_fraction_of_teacher_accuracy']:.1%} of the teacher's "
+            f"test accuracy; {verdict} its twin without the teacher ({a:.4f} vs {b:.4f}); export "
+            f"checked in transformers, max |diff| {c['export_max_abs_diff']}"
         )
-    for kd, _ in PAIRS:
-        diff = checks[kd]["export_max_abs_diff"]
-        print(f"{kd}: export checked in transformers, max |diff| {diff}")
     print(
         "phase wall times (s): "
         + ", ".join(f"{k} {v:.0f}" for k, v in phase_time.items())

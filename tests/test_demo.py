@@ -44,4 +44,12 @@ def test_demo_smoke_runs_both_protocols(tmp_path):
         assert not any(_loss_kd(work / twin)), twin  # ... and off in its twin
     rows = (work / "results.md").read_text().splitlines()
     assert len(rows) == 2 + len(ARMS) and "teacher's L3 slice, no teacher" in rows[4]
-    assert "does NOT beat" in r.stdout or "beats its twin" in r.stdout
+    for kd, label in (
+        ("distill", "teacher's L3 slice + KD"),
+        ("distill_pre", "pretrained L3 slice + KD"),
+    ):
+        verdict = (
+            "beats" if summary["checks"][kd]["beats_twin_without_teacher"] else "does NOT beat"
+        )
+        (line,) = [x for x in r.stdout.splitlines() if x.startswith(f"{label}: ")]
+        assert f"; {verdict} its twin without the teacher" in line, line
