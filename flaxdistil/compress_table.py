@@ -1,6 +1,9 @@
 """The compression pipeline in one table, as TextPruner shows it: teacher -> distilled student ->
 structured pruning (heads / FFN neurons) -> vocabulary pruning -> int8, with parameters, size on
-disk, CPU latency at batch 1 and test metrics at each step.
+disk, CPU latency at batch 1 and test metrics at each step. The int8 model gets two rows, one per
+forward of quantized_forward: dequantising the weights on the fly (float activations, so scored
+on the dequantised weights) and int8 x int8 matmuls (activations quantised per token too, so
+scored through that forward).
 
 ``table(cfg, teacher_dir, student_dir, workdir, heads_keep=8, ffn_keep=1024)``: the structured
 and vocabulary steps are ``compress.compress`` (heads / FFN ranked label-free on the first
@@ -12,8 +15,8 @@ config.json the padded HF view). No step fine-tunes. Sizes
 are the one weights file each step writes
 (teacher / student: model.safetensors; structured / vocabulary: flaxdistil/params.safetensors,
 the physically smaller matrices; int8: model.quant.safetensors). Latency is the median of
-``runs`` calls of ``flaxdistil.inference_fn`` (int8: ``quantize.inference_fn``, its default
-dequantising matmul) on the first test text, the steps taking turns run by run.
+``runs`` calls of ``flaxdistil.inference_fn`` (int8: ``quantize.inference_fn`` with each
+matmul) on the first test text, the steps taking turns run by run.
 """
 
 from __future__ import annotations
@@ -24,16 +27,26 @@ import os
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 
 from flaxdistil import compress, evaluate, quantize
+from flaxdistil import quantized_forward as qf
 from flaxdistil import student as students
 from flaxdistil.data import task_data
 from flaxdistil.data.tasks import collate
 from flaxdistil.data.text_pipeline import load_tokenizer
 from flaxdistil.models import Model, inference_fn
 
-STEPS = ("teacher", "distilled student", "structured pruning", "vocabulary pruning", "int8")
+STEPS = (
+    "teacher",
+    "distilled student",
+    "structured pruning",
+    "vocabulary pruning",
+    "int8, dequantised on the fly",
+    "int8, int8 matmuls",
+)
+INT8_MATMUL = {STEPS[4]: "dequant", STEPS[5]: "int8"}
 
 
 def _write_texts(texts, path: Path) -> Path:
@@ -64,28 +77,31 @@ def build(teacher_dir, student_dir, workdir: Path, train_texts, heads_keep, ffn_
         STEPS[2]: (s, s / compact / "params.safetensors"),
         STEPS[3]: (v, v / compact / "params.safetensors"),
         STEPS[4]: (q, q / quantize.COMPACT_FILE),
+        STEPS[5]: (q, q / quantize.COMPACT_FILE),
     }
 
 
 def _load(step: str, path: Path):
-    """(float params to score, config, head, latency forward and its params)."""
-    if step == STEPS[4]:
+    """(params to score, their forward, config, head, latency forward and its params)."""
+    if step in INT8_MATMUL:
+        matmul = INT8_MATMUL[step]
         qp, cfg, head = quantize.load_compact(path)
-        fwd, p = quantize.inference_fn(path, head=head)
-        return quantize.dequantize_params(qp), cfg, head, fwd, p
+        fwd, p = quantize.inference_fn(path, head=head, matmul=matmul)
+        model = Model(cfg, head)
+        score = jax.jit(lambda p, *a: qf.apply(model, p, *a, matmul=matmul)[0])
+        return qp, score, cfg, head, fwd, p
     params, cfg, head, _ = compress.load_source(path)
     fwd, p = inference_fn(cfg, head, params)
-    return params, cfg, head, fwd, p
+    return params, evaluate.make_forward(Model(cfg, head)), cfg, head, fwd, p
 
 
 def measure(cfg, steps: dict, runs: int = 50) -> list[dict]:
     """One row per step: params, size, latency (ms), test metrics."""
     rows, calls = [], {}
     for step, (path, weights) in steps.items():
-        params, mcfg, head, fwd, p = _load(step, path)
+        params, forward, mcfg, head, fwd, p = _load(step, path)
         tok = load_tokenizer(path)
         data = task_data.load_task_data(cfg.data, tok, cfg.data.cache_dir or None)
-        forward = evaluate.make_forward(Model(mcfg, head))
         test = evaluate.evaluate_task(
             forward, params, data, "test", batch_size=cfg.eval.batch_size, pad_id=tok.pad_token_id
         )
@@ -98,7 +114,9 @@ def measure(cfg, steps: dict, runs: int = 50) -> list[dict]:
                 "step": step,
                 "path": str(path),
                 "file": str(weights),
-                "params": students.count_params(params),
+                "params": students.count_params(
+                    quantize.dequantize_params(params) if step in INT8_MATMUL else params
+                ),
                 "size_mb": os.path.getsize(weights) / 2**20,
                 "test": test,
                 "heads": mcfg.num_attention_heads,

@@ -246,3 +246,40 @@ def test_loop_script_runs_as_a_user_runs_it(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     rows = json.loads((tmp_path / "bench_loop.json").read_text())["loop"]
     assert {r["case"] for r in rows} >= {"step", "loop", "loop + async saves"}
+
+
+def test_gemm_ways_compute_the_same_product():
+    """Each way bench_quant's gemm section times gives the product NumPy computes: the int8 dots
+    exactly (int32 accumulation), int8_matmul as the dequantised int8 product, float exactly
+    enough, PyTorch's dynamic int8 within its own quantisation error."""
+    from flaxdistil.bench import quant
+
+    cases, inp = quant.gemm_cases(48, 40, 24)
+    ref = inp["x"].astype(np.float64) @ inp["w"]
+    iref = inp["xq"].astype(np.int64) @ inp["q"].astype(np.int64).T
+    sx = np.abs(inp["x"]).max(axis=1, keepdims=True) / 127.0
+    dq = iref * sx * inp["scale"][:, 0]
+    out = {k: np.asarray(run()) for k, run in cases.items()}
+    assert len(out) == 7
+    for k, y in out.items():
+        if "->" in k:
+            np.testing.assert_array_equal(y, iref, err_msg=k)
+        elif "int8_matmul" in k:
+            np.testing.assert_allclose(y, dq, rtol=1e-5, atol=1e-5, err_msg=k)
+        elif "int8" in k:  # its own activation scales: within a few quantisation steps of fp32
+            assert np.abs(y - ref).max() < 0.1 * np.abs(ref).max(), k
+        else:
+            np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4, err_msg=k)
+
+
+def test_bench_quant_gemm_section_runs_as_a_user_runs_it(tmp_path, capsys):
+    argv = ["--sections", "gemm", "--gemm-shape", "64,32,48", "--gemm-repeats", "2"]
+    _script("bench_quant").main(argv + ["--out", str(tmp_path), "--name", "q"])
+    g = json.loads((tmp_path / "q.json").read_text())["gemm"]
+    assert g["shape"] == [64, 32, 48] and len(g["ms"]) == 7
+    assert all(v > 0 for v in g["ms"].values())
+    assert "| torch int8 (quantize_dynamic) |" in (tmp_path / "q.md").read_text()
+    with pytest.raises(SystemExit) as bad:
+        _script("bench_quant").main(["--sections", "gemm", "--gemm-shape", "64,32"])
+    assert bad.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith("got '64,32'")

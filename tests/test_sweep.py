@@ -192,11 +192,16 @@ def test_pipeline_table(tiny_cls, tiny_student, tmp_path):
     for r in rows.values():
         assert r["size_mb"] * 2**20 == os.path.getsize(r["file"]) and r["latency_ms"] > 0
         assert 0 <= r["test"]["accuracy"] <= 1
-    t, s, st, v, q = rows.values()
+    t, s, st, v, q, q8 = rows.values()
     assert (t["layers"], s["layers"]) == (2, 1)
     assert (st["heads"], st["ffn"]) == (2, 32) and st["params"] < s["params"]
     # the vocabulary kept: the tokens of the 48 training texts plus the special tokens
     assert v["vocab"] < 2000 and v["params"] < st["params"]
     # int8 keeps the pruned heads (save_compact holds the full config in its metadata)
     assert (q["heads"], q["vocab"]) == (2, v["vocab"]) and q["size_mb"] < v["size_mb"] / 2.5
-    assert (tmp_path / "p" / "pipeline.md").read_text().count("\n") == 7
+    # the int8-matmul row: the same file, scored through its own forward (activations quantised
+    # per token), so its loss moves a little from the dequantised row's
+    assert (q8["file"], q8["params"], q8["heads"]) == (q["file"], q["params"], q["heads"])
+    assert q8["test"]["loss"] != q["test"]["loss"]
+    assert abs(q8["test"]["loss"] - q["test"]["loss"]) < 0.05
+    assert (tmp_path / "p" / "pipeline.md").read_text().count("\n") == 8

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import flaxdistil
-from flaxdistil import quantize
+from flaxdistil import quantize, xla_cpu
 from flaxdistil import quantized_forward as qf
 from flaxdistil.bench import measure
 
@@ -172,4 +172,108 @@ def to_markdown(r: dict) -> str:
         )
     lines += ["", "| checkpoint | size on disk (MB) |", "|---|---|"]
     lines += [f"| {k} | {v:.1f} |" for k, v in r["size_mb"].items()]
+    return "\n".join(lines) + "\n"
+
+
+# The encoder's biggest GEMM at the throughput size: batch 128 x seq 128 tokens through the
+# 3-layer MiniLM's FFN (384 -> 1536).
+GEMM_SHAPE = (128 * 128, 384, 1536)
+
+
+def gemm_cases(M: int, K: int, N: int, seed: int = 0) -> tuple[dict, dict]:
+    """One [M, K] x [K, N] product, each way the forwards above can do it, as name -> run()
+    (returning the product, ready), and the inputs: x, w (float), xq (int8 rows of x), q and
+    scale (w's int8 codes [N, K] and per-channel scales).
+
+    The jax int8 cases take the weights as quantize_tensor stores a Dense kernel ([N, K] int8
+    codes, one scale per output channel), plus the [K, N] layout for comparison; "int8_matmul"
+    is quantized_forward's whole int8 Dense (activation quantisation per row, the int32 dot,
+    the rescale). PyTorch's case is quantize_dynamic of one nn.Linear, what it does in the model.
+    """
+    import torch
+
+    rng = np.random.default_rng(seed)
+    x_MxK = rng.standard_normal((M, K), dtype=np.float32)
+    w_KxN = (rng.standard_normal((K, N), dtype=np.float32) / np.sqrt(K)).astype(np.float32)
+    qw = quantize.quantize_tensor(jnp.asarray(w_KxN), bits=8, transposed=True)
+    xq_MxK, _ = qf.quantize_rows(jnp.asarray(x_MxK))
+    x, w, q_NxK, q_KxN = map(jax.device_put, (x_MxK, w_KxN, qw.q, qw.q.T))
+
+    def int8_dot(dims):
+        return lambda a, b: jax.lax.dot_general(a, b, dims, preferred_element_type=jnp.int32)
+
+    eigen = xla_cpu.inference_options()
+    jitted = {
+        "jax fp32, Eigen dots": (jax.jit(jnp.matmul, compiler_options=eigen), x, w),
+        "jax fp32, XLA default (YNNPACK)": (jax.jit(jnp.matmul), x, w),
+        "jax int8 x int8 -> int32, weights [N, K]": (
+            jax.jit(int8_dot((((1,), (1,)), ((), ())))), xq_MxK, q_NxK),
+        "jax int8 x int8 -> int32, weights [K, N]": (
+            jax.jit(int8_dot((((1,), (0,)), ((), ())))), xq_MxK, q_KxN),
+        "jax int8_matmul (quantise rows + int8 dot + rescale)": (
+            jax.jit(qf.int8_matmul), x, qw),
+    }  # fmt: skip
+    cases = {
+        name: (lambda f=f, a=a, b=b: jax.block_until_ready(f(a, b)))
+        for name, (f, a, b) in jitted.items()
+    }
+    lin = torch.nn.Linear(K, N, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(torch.from_numpy(w_KxN.T.copy()))
+    lin8 = torch.ao.quantization.quantize_dynamic(
+        torch.nn.Sequential(lin), {torch.nn.Linear}, torch.qint8
+    )
+    tx = torch.from_numpy(x_MxK)
+    for name, model in (("torch fp32", lin), ("torch int8 (quantize_dynamic)", lin8)):
+        cases[name] = lambda m=model: _torch_call(m, tx)
+    inputs = dict(x=x_MxK, w=w_KxN, xq=np.asarray(xq_MxK), q=np.asarray(qw.q),
+                  scale=np.asarray(qw.scale))  # fmt: skip
+    return cases, inputs
+
+
+def _torch_call(model, x):
+    import torch
+
+    with torch.inference_mode():
+        return model(x).numpy()
+
+
+def gemm(shape=GEMM_SHAPE, repeats: int = 10) -> dict:
+    """Milliseconds (medians of interleaved repeats) and GOP/s of each gemm_cases way."""
+    import torch
+
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    M, K, N = shape
+    cases, _ = gemm_cases(M, K, N)
+    for run in cases.values():
+        run()  # compile and warm up
+    load = [os.getloadavg()]
+    times = measure.interleaved(cases, repeats, settle=True)
+    load.append(os.getloadavg())
+    ops = 2 * M * K * N
+    return {
+        "shape": list(shape),
+        "date_utc": measure.machine_info()["date_utc"],
+        "load_average": load,
+        "repeats": repeats,
+        "ms": {k: statistics.median(v) * 1e3 for k, v in times.items()},
+        "gops": {k: ops / statistics.median(v) / 1e9 for k, v in times.items()},
+        "min_max_ms": {k: [min(v) * 1e3, max(v) * 1e3] for k, v in times.items()},
+    }
+
+
+def gemm_markdown(g: dict) -> str:
+    M, K, N = g["shape"]
+    lines = [
+        f"## One GEMM alone: [{M}, {K}] x [{K}, {N}] ({g['date_utc']})",
+        "",
+        f"Load average {_load(g)}; medians of {g['repeats']} interleaved repeats; GOP/s "
+        "counts 2MKN operations (a multiply and an add per term).",
+        "",
+        "| way | ms (min-max) | GOP/s |",
+        "|---|---|---|",
+    ]
+    for k, ms in g["ms"].items():
+        lo, hi = g["min_max_ms"][k]
+        lines.append(f"| {k} | {ms:.1f} ({lo:.1f}-{hi:.1f}) | {g['gops'][k]:.0f} |")
     return "\n".join(lines) + "\n"
