@@ -13,13 +13,14 @@ On XLA:CPU the int32-accumulating dot goes to YNNPACK (its int8 GEMM; Eigen's is
 its own float32 one), so the int8 forward is compiled with XLA's default options, the dequantising
 one with Eigen's float32 dots (xla_cpu.inference_options), each the faster for it.
 
-"dequant" is the default because it measured faster: on this project's 2-core AMD EPYC (AVX-512
-VNNI), jaxlib 0.10.2, 2026-12-02, one [16384, 384] x [384, 1536] GEMM took 232 ms in Eigen fp32,
-177 ms in YNNPACK int8 (weights [N, K]; 408 ms as [K, N]) and 236 ms with the dynamic activation
-quantisation and rescaling around it, while PyTorch's quantize_dynamic took 117 ms (fp32: 285);
-and the whole int8 program has to run its float parts (attention, fused norms) under YNNPACK
-too, so the 3-layer MiniLM forward at batch 128 x seq 128 took 10.7 s int8 vs 9.0 s dequant
-vs 7.9 s fp32. scripts/bench_quant.py measures all of them against PyTorch's dynamic int8.
+"dequant" is the default because it measured faster at batch 128: on this project's 2-core AMD
+EPYC (AVX-512 VNNI), jaxlib 0.10.2, one [16384, 384] x [384, 1536] GEMM took 148 ms in Eigen
+fp32, 132 ms in YNNPACK int8 and 178 ms with the dynamic activation quantisation and rescaling
+around it, while PyTorch's quantize_dynamic took 83 ms (fp32: 190; reports/bench_quant_gemm.md,
+`scripts/bench_quant.py --sections gemm`); and the whole int8 program has to run its float parts
+(attention, fused norms) under YNNPACK too, so the 3-layer MiniLM forward at batch 128 x seq 128
+gave 56 seq/s int8 vs 82 dequant vs 85 fp32 (reports/bench_quant.md). At batch 1 the int8
+forward is the faster one (19 vs 41 ms).
 """
 
 from __future__ import annotations
