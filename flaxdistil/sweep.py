@@ -16,8 +16,9 @@ post-training quantisation, for one or more fine-tuned models of one task.
   stored by ``prune.save_sparse``.
 
 and ``<workdir>/sweep.json`` (every point, the size rule, the plan, the equal-size comparison)
-and ``<workdir>/sweep.png`` (test accuracy vs size in MB, one colour per model, pruning and
-quantisation as separate markers, error bars = std over seeds).
+``<workdir>/sweep.png`` (test accuracy vs size in MB, one colour per model, pruning and
+quantisation as separate markers, error bars = std over seeds) and ``<workdir>/sweep.md`` (every
+point as a table row, then the equal-size comparison).
 """
 
 from __future__ import annotations
@@ -282,6 +283,7 @@ def run(cfg, workdir, models: dict, plan: Plan) -> dict:
     if sharding.is_primary():
         (workdir / "sweep.json").write_text(json.dumps(result, indent=2))
         plot(result, workdir / "sweep.png")
+        (workdir / "sweep.md").write_text(markdown(result))
     for line in result["equal_size"]["lines"]:
         print(line, flush=True)
     return result
@@ -360,6 +362,31 @@ def equal_size(recs: dict, metric: str) -> dict:
 
 
 KINDS = {"prune": "magnitude pruning", "quant": "quantisation"}
+
+
+def _pm(mean_std_, digits: int) -> str:
+    m, sd = mean_std_
+    return f"{m:.{digits}f} ± {sd:.{digits}f}" if sd else f"{m:.{digits}f}"
+
+
+def markdown(result: dict) -> str:
+    """sweep.md: one row per point of every model (mean ± std over seeds for pruning), then the
+    equal-size comparison lines."""
+    metric = result["metric"]
+    lines = [
+        f"| model | point | size on disk (MB) | test {metric} | seeds |",
+        "|---|---|---|---|---|",
+    ]
+    for name, rec in result["models"].items():
+        what = f"{name} ({rec['layers']} layers, {rec['params'] / 1e6:.1f}M)"
+        seeds_ = ", ".join(map(str, result["plan"]["seeds"]))
+        for p in points(rec, metric):
+            n = seeds_ if p["kind"] == "prune" else "deterministic"
+            lines.append(
+                f"| {what} | {p['label']} | {_pm(p['size'], 2)} | {_pm(p['value'], 4)} | {n} |"
+            )
+    lines += ["", *(f"- {line}" for line in result["equal_size"]["lines"])]
+    return "\n".join(lines) + "\n"
 
 
 def plot(result: dict, png: Path) -> Path:

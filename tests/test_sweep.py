@@ -121,6 +121,13 @@ def test_sweep_end_to_end(swept):
     # the 4-bit codes take half a byte per kernel weight less than the 8-bit ones
     assert os.path.getsize(q8["file"]) - os.path.getsize(q4["file"]) == kernels // 2
     assert result["equal_size"]["lines"] == ["one model only: no equal-size comparison"]
+    # sweep.md: the float point, two quantised ones, the two levels as mean ± std of the seeds
+    md = (work / "sweep.md").read_text().splitlines()
+    assert len(md) == 2 + 5 + 2 and md[-1] == "- one model only: no equal-size comparison"
+    accs = [r["test"]["accuracy"] for r in levels[0.75]["runs"]]
+    m, sd = np.mean(accs), np.std(accs, ddof=1)
+    row = next(r for r in md if "| 75% pruned |" in r)
+    assert f"| {m:.4f} ± {sd:.4f} |" in row if sd else f"| {m:.4f} |" in row
 
 
 def test_quant_point_scores_the_file(swept, tiny_cls):
