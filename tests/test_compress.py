@@ -46,7 +46,8 @@ def _torch_logits(model_dir, texts):
 
 def test_layer_sparsity_matches_numpy_reference(src, tmp_path):
     """Per-layer magnitude pruning: each encoder linear weight of each layer loses exactly its
-    smallest half (NumPy on the torch weights); nothing else changes; transformers loads it."""
+    smallest half (NumPy on the torch weights); nothing else (the pooler included) changes;
+    transformers loads it."""
     import torch
     import transformers
 
@@ -58,8 +59,8 @@ def test_layer_sparsity_matches_numpy_reference(src, tmp_path):
     ref = transformers.AutoModelForSequenceClassification.from_pretrained(d).eval()
     with torch.no_grad():
         for name, w in ref.named_parameters():
-            linear = name.startswith("bert.") and name.endswith(".weight") and w.ndim == 2
-            if linear and "embeddings" not in name:
+            linear = name.startswith("bert.encoder.") and name.endswith(".weight") and w.ndim == 2
+            if linear:  # the encoder layers' (not the embeddings, not the pooler)
                 a = np.abs(w.numpy()).reshape(-1)
                 drop = np.argsort(a, kind="stable")[: round(0.5 * a.size)]
                 flat = w.view(-1)

@@ -26,50 +26,66 @@ def toy_params():
             "pooler": {"kernel": np.array([[5.0, -0.25], [2.5, 9.0]])},
             "embeddings": {"word_embeddings": {"embedding": np.array([[0.0001, 1.0]])}},
         },
-        "classifier": {"out": {"kernel": np.array([[0.002, 3.0]])}},
+        "classifier": {"out": {"kernel": np.array([[0.002, 3.5]])}},
     }
 
 
-def test_eligible_excludes_embeddings_norms_biases_and_heads():
+def test_eligible_excludes_embeddings_norms_biases_pooler_and_heads():
     inc = prune.eligible(toy_params())
     assert inc["encoder"]["layer"]["fc1"] == {"kernel": True, "bias": False}
     assert inc["encoder"]["layer"]["mlp_norm"]["scale"] is False
-    assert inc["encoder"]["pooler"]["kernel"] is True
+    assert inc["encoder"]["pooler"]["kernel"] is False
     assert inc["encoder"]["embeddings"]["word_embeddings"]["embedding"] is False
     assert inc["classifier"]["out"]["kernel"] is False
     inc = prune.eligible(toy_params(), embeddings=True, heads=True)
     assert inc["encoder"]["embeddings"]["word_embeddings"]["embedding"] is True
+    assert inc["encoder"]["pooler"]["kernel"] is True
     assert inc["classifier"]["out"]["kernel"] is True
 
 
 def test_global_mask_by_hand():
-    # The 12 eligible magnitudes: fc1 1 8 3 .5 | 2 7 6 4, pooler 5 .25 2.5 9. Half (6) go:
-    # .25 .5 1 2 2.5 3; everything else (norm 0.001, embedding 1e-4, head .002) is untouched.
+    # The 8 eligible magnitudes: fc1 1 8 3 .5 | 2 7 6 4. Half (4) go: .5 1 2 3; everything else
+    # (norm 0.001, embedding 1e-4, pooler, head .002) is untouched.
     m = prune.magnitude_masks(toy_params(), 0.5, scope="global")
     np.testing.assert_array_equal(
         m["encoder"]["layer"]["fc1"]["kernel"], [[[0, 1], [0, 0]], [[0, 1], [1, 1]]]
     )
-    np.testing.assert_array_equal(m["encoder"]["pooler"]["kernel"], [[1, 0], [0, 1]])
-    for leaf in (m["encoder"]["layer"]["fc1"]["bias"], m["classifier"]["out"]["kernel"]):
+    for leaf in (
+        m["encoder"]["layer"]["fc1"]["bias"],
+        m["encoder"]["pooler"]["kernel"],
+        m["classifier"]["out"]["kernel"],
+    ):
         assert np.shape(leaf) == () and bool(leaf)
+    # With the pooler and head (heads=True), 14 magnitudes: fc1's, pooler 5 .25 2.5 9, head
+    # .002 3.5. Half (7) go: .002 .25 .5 1 2 2.5 3.
+    inc = prune.eligible(toy_params(), heads=True)
+    m = prune.magnitude_masks(toy_params(), 0.5, scope="global", include=inc)
+    np.testing.assert_array_equal(
+        m["encoder"]["layer"]["fc1"]["kernel"], [[[0, 1], [0, 0]], [[0, 1], [1, 1]]]
+    )
+    np.testing.assert_array_equal(m["encoder"]["pooler"]["kernel"], [[1, 0], [0, 1]])
+    np.testing.assert_array_equal(m["classifier"]["out"]["kernel"], [[0, 1]])
 
 
 def test_layer_mask_by_hand():
-    # Per layer, half of each: layer 0 (1 8 3 .5) drops .5 1; layer 1 (2 7 6 4) drops 2 4;
-    # the pooler (5 .25 2.5 9) drops .25 2.5.
+    # Per layer, half of each: layer 0 (1 8 3 .5) drops .5 1; layer 1 (2 7 6 4) drops 2 4; with
+    # heads=True the pooler (5 .25 2.5 9) on its own drops .25 2.5.
     m = prune.magnitude_masks(toy_params(), 0.5, scope="layer")
     np.testing.assert_array_equal(
         m["encoder"]["layer"]["fc1"]["kernel"], [[[0, 1], [1, 0]], [[0, 1], [1, 0]]]
     )
+    assert np.shape(m["encoder"]["pooler"]["kernel"]) == ()
+    inc = prune.eligible(toy_params(), heads=True)
+    m = prune.magnitude_masks(toy_params(), 0.5, scope="layer", include=inc)
     np.testing.assert_array_equal(m["encoder"]["pooler"]["kernel"], [[1, 0], [0, 1]])
 
 
 def test_embeddings_included_on_request():
     p = toy_params()
     inc = prune.eligible(p, embeddings=True)
-    m = prune.magnitude_masks(p, 1 / 14, scope="global", include=inc)  # 14 weights: 1 goes
+    m = prune.magnitude_masks(p, 1 / 10, scope="global", include=inc)  # 10 weights: 1 goes
     assert not m["encoder"]["embeddings"]["word_embeddings"]["embedding"][0, 0]
-    assert prune.sparsity_of(prune.apply_masks(p, m), inc) == pytest.approx(1 / 14)
+    assert prune.sparsity_of(prune.apply_masks(p, m), inc) == pytest.approx(1 / 10)
 
 
 def test_round_schedule_by_hand():
@@ -366,8 +382,9 @@ def test_task_job_prunes_iteratively_and_exports_zeros(tiny_dir, tmp_path):  # n
     sd = load_file(str(tmp_path / "job" / "best_hf" / "model.safetensors"))
     linear = [v for k, v in sd.items() if ".encoder.layer." in k and k.endswith("dense.weight")]
     linear += [v for k, v in sd.items() if ".attention.self." in k and k.endswith("weight")]
-    linear += [sd[k] for k in sd if k.endswith("pooler.dense.weight")]
     zeros = sum(int((v == 0).sum()) for v in linear) / sum(v.size for v in linear)
     assert zeros == pytest.approx(0.75, abs=1e-4)
+    pooler = sd[next(k for k in sd if k.endswith("pooler.dense.weight"))]
+    assert np.count_nonzero(pooler) == pooler.size
     emb = [v for k, v in sd.items() if "embeddings" in k]
     assert all(np.count_nonzero(v) > 0.99 * v.size for v in emb if v.ndim == 2)
