@@ -170,8 +170,9 @@ results-compare: results-general
 # Issue 11's seed 004 experiment: the fine-tuned MiniLM-L6 (large) and a fine-tuned 3-layer
 # student (small) pruned iteratively to 30/50/70/90% (15% of what remains per round, a short
 # fine-tune between rounds) and quantised to 8/6/4/3 bits, 3 seeds: sweep.json + sweep.png per
-# task; then the teacher -> student -> heads/FFN -> vocabulary -> int8 pipeline table. ~2 h per
-# task on an idle 2-core CPU (flaxdistil/sweep.py).
+# task; the same again with the embedding tables quantised too (--embedding_bits=8: only the
+# quantised points are new, sweep_emb8.*); then the teacher -> student -> heads/FFN -> vocabulary
+# -> int8 pipeline table. ~1 h per task on the 2-core CPU (flaxdistil/sweep.py).
 SENT_L := workdirs/sent_teacher/best_hf
 SENT_S := workdirs/sent_distill/seed_0/best_hf
 BBC_L := workdirs/bbc_teacher/best_hf
@@ -187,8 +188,12 @@ results-compress: assets
 	  --workdir workdirs/bbc_l3_kd --config.teacher.path=$(BBC_L)
 	$(PY) scripts/compress_sweep.py --config configs/sentiment_minilm.py --workdir workdirs/sweep_sent \
 	  --models=large=$(SENT_L),small=$(SENT_S) --seeds=0,1,2
+	$(PY) scripts/compress_sweep.py --config configs/sentiment_minilm.py --workdir workdirs/sweep_sent \
+	  --models=large=$(SENT_L),small=$(SENT_S) --seeds=0,1,2 --embedding_bits=8
 	$(PY) scripts/compress_sweep.py --config configs/bbc_minilm.py --workdir workdirs/sweep_bbc \
 	  --models=large=$(BBC_L),small=$(BBC_S) --seeds=0,1,2
+	$(PY) scripts/compress_sweep.py --config configs/bbc_minilm.py --workdir workdirs/sweep_bbc \
+	  --models=large=$(BBC_L),small=$(BBC_S) --seeds=0,1,2 --embedding_bits=8
 	$(PY) scripts/compress_sweep.py --mode=pipeline --config configs/sentiment_minilm.py \
 	  --workdir workdirs/pipeline_sent --models=teacher=$(SENT_L),student=$(SENT_S)
 	$(PY) scripts/compress_sweep.py --mode=pipeline --config configs/bbc_minilm.py \

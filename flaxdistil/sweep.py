@@ -18,7 +18,9 @@ post-training quantisation, for one or more fine-tuned models of one task.
 and ``<workdir>/sweep.json`` (every point, the size rule, the plan, the equal-size comparison)
 ``<workdir>/sweep.png`` (test accuracy vs size in MB, one colour per model, pruning and
 quantisation as separate markers, error bars = std over seeds) and ``<workdir>/sweep.md`` (every
-point as a table row, then the equal-size comparison).
+point as a table row, then the equal-size comparison); with ``Plan.embedding_bits`` = E the three
+are ``sweep_embE.*``, so that a second run with quantised embeddings (the pruning levels and the
+float point reused, only the quantised points new) keeps the first run's files.
 """
 
 from __future__ import annotations
@@ -229,6 +231,11 @@ def mean_std(xs) -> list[float]:
 # ---------------------------------------------------------------- the whole sweep
 
 
+def emb_suffix(embedding_bits: int) -> str:
+    """The quantised points' and the outputs' name suffix: '' for float embeddings."""
+    return f"_emb{embedding_bits}" if embedding_bits else ""
+
+
 def sweep_model(cfg, model_dir, out: Path, plan: Plan) -> dict:
     scorer = Scorer(cfg, model_dir)
     rec = {
@@ -245,8 +252,7 @@ def sweep_model(cfg, model_dir, out: Path, plan: Plan) -> dict:
             f"expected one of {sorted(rec['float']['test'])}"
         )
     for b in plan.bits:
-        emb = f"_emb{plan.embedding_bits}" if plan.embedding_bits else ""
-        d = out / f"quant_{b}bit{emb}"
+        d = out / f"quant_{b}bit{emb_suffix(plan.embedding_bits)}"
         rec["quant"].append(
             _cached(d, lambda b=b, d=d: quant_point(scorer, b, plan.embedding_bits, d))
         )
@@ -281,9 +287,10 @@ def run(cfg, workdir, models: dict, plan: Plan) -> dict:
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     if sharding.is_primary():
-        (workdir / "sweep.json").write_text(json.dumps(result, indent=2))
-        plot(result, workdir / "sweep.png")
-        (workdir / "sweep.md").write_text(markdown(result))
+        stem = workdir / ("sweep" + emb_suffix(plan.embedding_bits))
+        stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
+        plot(result, stem.with_suffix(".png"))
+        stem.with_suffix(".md").write_text(markdown(result))
     for line in result["equal_size"]["lines"]:
         print(line, flush=True)
     return result

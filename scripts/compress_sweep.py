@@ -11,8 +11,9 @@
 sweep (flaxdistil/sweep.py): each model fine-tuned for the task (an HF dir with its head) is
 scored as it is, quantised at each of --bits (deterministic), and pruned to each of --targets by
 seed 004's rule (rounds of ~--per_round of the remaining weights, --steps_per_round fine-tuning
-steps after each, the config's batch size and learning rate) once per seed; W/sweep.json and
-W/sweep.png (test accuracy vs size in MB). Finished points and seeds are reused.
+steps after each, the config's batch size and learning rate) once per seed; W/sweep.json,
+W/sweep.png (test accuracy vs size in MB) and W/sweep.md (W/sweep_embE.* with --embedding_bits=E).
+Finished points and seeds are reused.
 pipeline (flaxdistil/compress_table.py): teacher -> distilled student -> heads / FFN pruning ->
 vocabulary pruning -> int8: W/pipeline.md and W/pipeline.json.
 """

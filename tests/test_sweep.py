@@ -143,6 +143,25 @@ def test_quant_point_scores_the_file(swept, tiny_cls):
     assert np.all(np.abs(kq - k) <= step / 2 + 1e-7)
 
 
+def test_embedding_bits_rerun_reuses_the_levels_and_keeps_the_first_files(swept, tiny_cls):
+    """A second run with --embedding_bits=8 in the same workdir: new quantised points (smaller
+    files: the embedding table at 8 bits), the pruning levels' per-seed results read back
+    unchanged, the outputs as sweep_emb8.* beside the first run's sweep.* (left as they were)."""
+    result, work = swept
+    first = (work / "sweep.json").read_text()
+    cfg = _tiny_cfg(tiny_cls, work.parent)
+    plan = sweep.Plan(targets=(0.5, 0.75), bits=(8,), per_round=0.3, steps_per_round=2,
+                      seeds=(0, 1), embedding_bits=8)  # fmt: skip
+    again = sweep.run(cfg, work, {"tiny": str(tiny_cls)}, plan)
+    assert (work / "sweep.json").read_text() == first
+    assert {f"sweep_emb8.{e}" for e in ("json", "png", "md")} <= {p.name for p in work.iterdir()}
+    old, new = result["models"]["tiny"], again["models"]["tiny"]
+    assert [p["runs"] for p in new["prune"]] == [p["runs"] for p in old["prune"]]
+    q8 = new["quant"][0]
+    assert q8["embedding_bits"] == 8 and Path(q8["file"]).parent.parent.name == "quant_8bit_emb8"
+    assert q8["size_mb"] < old["quant"][0]["size_mb"]
+
+
 def _script():
     spec = importlib.util.spec_from_file_location(
         "compress_sweep", ROOT / "scripts/compress_sweep.py"
