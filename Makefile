@@ -46,11 +46,15 @@ clean:
 	rm -rf $(VENV) workdirs
 
 # The offline teacher: fit an MLM head on the frozen all-MiniLM-L6-v2, then adapt the whole encoder
-# to MLM (see configs/minilm_mlm_adapt.py for why); ~25 min on a 2-core CPU, once.
+# to MLM (see configs/minilm_mlm_adapt.py for why); ~25 min on a 2-core CPU, once. Both stages
+# install into the same directory, so the stage-2 marker, not config.json, says it is finished: a
+# run stopped during stage 2 resumes it instead of leaving the head-only teacher in place.
+MLM_TEACHER = $${FLAXDISTIL_CACHE:-$$HOME/.cache/flaxdistil}/teachers/all-MiniLM-L6-v2-mlm
 teacher: assets
-	@test -f $${FLAXDISTIL_CACHE:-$$HOME/.cache/flaxdistil}/teachers/all-MiniLM-L6-v2-mlm/config.json || { \
+	@test -f $(MLM_TEACHER)/.adapted || { \
 	  $(PY) scripts/fit_mlm_head.py --config configs/minilm_mlm_head.py --workdir workdirs/minilm_head && \
-	  $(PY) scripts/fit_mlm_head.py --config configs/minilm_mlm_adapt.py --workdir workdirs/minilm_adapt; }
+	  $(PY) scripts/fit_mlm_head.py --config configs/minilm_mlm_adapt.py --workdir workdirs/minilm_adapt && \
+	  touch $(MLM_TEACHER)/.adapted; }
 
 # Issue 3's experiment: distilled 3-layer student vs the same student trained without the teacher.
 distill-minilm: teacher
