@@ -8,9 +8,8 @@ LayerNorm, biases, the pooler and the task head are left alone (``eligible(param
 embeddings=True, heads=True)`` adds them). ``pruning(tx, sparsity=0.7, rounds=3,
 total_steps=T)`` prunes at steps 0, T/3, 2T/3 a fraction f = 1 - (1 - 0.7)^(1/3) of the weights
 still there, fine-tuning in between, and after every update sets the pruned weights back to
-exactly zero. ``save_sparse`` / ``load_sparse``
-store a pruned model as its size on disk counts it (a 1-bit mask + the nonzero values per
-tensor, where that is smaller than dense).
+exactly zero. ``save_sparse`` / ``load_sparse`` store a pruned model as its size on disk counts
+it (a 1-bit mask + the nonzero values per tensor, where that is smaller than dense).
 """
 
 from __future__ import annotations

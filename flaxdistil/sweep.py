@@ -15,7 +15,7 @@ post-training quantisation, for one or more fine-tuned models of one task.
   the final params (evaluated only at the last step, so "best" is the last, fully pruned one)
   stored by ``prune.save_sparse``.
 
-and ``<workdir>/sweep.json`` (every point, the size rule, the plan, the equal-size comparison)
+and ``<workdir>/sweep.json`` (every point, the size rule, the plan, the equal-size comparison),
 ``<workdir>/sweep.png`` (test accuracy vs size in MB, one colour per model, pruning and
 quantisation as separate markers, error bars = std over seeds) and ``<workdir>/sweep.md`` (every
 point as a table row, then the equal-size comparison); with ``Plan.embedding_bits`` = E the three

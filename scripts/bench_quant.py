@@ -40,8 +40,9 @@ def main(argv=None) -> dict:
         p.error(f"--sections expects model and/or gemm, got {args.sections!r}")
     try:
         shape = tuple(int(x) for x in args.gemm_shape.split(","))
-        assert len(shape) == 3 and min(shape) > 0
-    except (ValueError, AssertionError):
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1:
         p.error(f"--gemm-shape expects three positive integers M,K,N, got {args.gemm_shape!r}")
     with runner.user_errors():
         from flaxdistil.bench import measure, quant
