@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export XLA_PYTHON_CLIENT_PREALLOCATE ?= false
 
 .PHONY: setup assets demo demo-export test lint clean teacher distill-minilm results-tiny \
-	results-general sent-teachers results-protocols results-teachers \
+	results-general sent-teachers results-protocols results-protocols-bbc results-teachers \
 	results-ablation results-compress results-vocab results-tasktypes results-multitask results-compare results-antiberty
 
 setup: $(VENV)/.installed
@@ -114,6 +114,20 @@ results-protocols: sent-teachers
 	$(PY) scripts/arms_table.py --metrics accuracy,mcc "teacher slice, no teacher=workdirs/sent_baseline_ft" \
 	  "teacher slice, KD=workdirs/sent_distill"
 
+# The same four arms on BBC topics, against the BBC MiniLM-L6 teacher (train.seed 4, the
+# config's default; results-compress's BBC_L): 2 epochs each, 3 seeds.
+BBC_T := --config.teacher.path=workdirs/bbc_teacher/best_hf
+results-protocols-bbc: assets
+	test -f workdirs/bbc_teacher/best_hf/config.json || $(PY) scripts/finetune.py \
+	  --config configs/bbc_minilm.py --workdir workdirs/bbc_teacher
+	for arm in $(PROTOCOL_ARMS); do \
+	  $(PY) scripts/seeds.py --config configs/bbc_minilm.py:$$arm --workdir workdirs/bbc_$$arm \
+	    --seeds=0,1,2 $(BBC_T) || exit 1; done
+	$(PY) scripts/arms_table.py --metrics accuracy,mcc "pretrained slice, no teacher=workdirs/bbc_baseline" \
+	  "pretrained slice, KD=workdirs/bbc_distill_pre"
+	$(PY) scripts/arms_table.py --metrics accuracy,mcc "teacher slice, no teacher=workdirs/bbc_baseline_ft" \
+	  "teacher slice, KD=workdirs/bbc_distill"
+
 # Issue 10's multi-teacher and cache tables: the pretrained slice distilled from one teacher (live)
 # or from the three (their mean logits, cached), 3 seeds; one cached single-teacher run to compare
 # time and metrics with the live one; the teachers' own ensemble.
@@ -139,13 +153,18 @@ ABL_distilbert :=
 # The full triple loss is results-general's gd_distilbert (its finished seeds are reused); the
 # MiniLM arm and the no-general-distillation row are not needed here.
 ABL_ARMS := distilbert no_ce no_cos no_mlm random
+comma := ,
+# One arm's general runs and their fine-tunes for the seeds $(2) ("0," is seed 0 alone).
+abl_run = $(PY) scripts/seeds.py --job=general --config configs/minilm_l3.py \
+	--workdir workdirs/gd_$(1) --seeds=$(2) --config.distill.preset=distilbert $(ABL_$(1)) && \
+	$(PY) scripts/seeds.py --config configs/sentiment_minilm.py:baseline --seeds=$(2) \
+	--workdir workdirs/gd_$(1)/sentiment --config.student.layers= \
+	--config.student.path=workdirs/gd_$(1)/seed_{seed}/student_hf
+# Seed by seed, every arm of a seed before the next seed: a run stopped part-way leaves whole
+# seeds of the table, not whole arms. The last pass reuses every run and writes seeds.json.
 results-ablation: teacher
-	$(foreach arm,$(ABL_ARMS),\
-	  $(PY) scripts/seeds.py --job=general --config configs/minilm_l3.py --workdir workdirs/gd_$(arm) \
-	    --seeds=0,1,2 --config.distill.preset=distilbert $(ABL_$(arm)) && \
-	  $(PY) scripts/seeds.py --config configs/sentiment_minilm.py:baseline --seeds=0,1,2 \
-	    --workdir workdirs/gd_$(arm)/sentiment --config.student.layers= \
-	    --config.student.path=workdirs/gd_$(arm)/seed_{seed}/student_hf && ) true
+	$(foreach s,0 1 2,$(foreach arm,$(ABL_ARMS),$(call abl_run,$(arm),$(s)$(comma)) && )) true
+	$(foreach arm,$(ABL_ARMS),$(call abl_run,$(arm),0$(comma)1$(comma)2) && ) true
 	$(PY) scripts/arms_table.py --metrics mlm_loss,mlm_accuracy "triple loss=workdirs/gd_distilbert" \
 	  "no L_ce=workdirs/gd_no_ce" "no L_cos=workdirs/gd_no_cos" "no L_mlm=workdirs/gd_no_mlm" \
 	  "random init=workdirs/gd_random"
