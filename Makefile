@@ -101,32 +101,29 @@ sent-teachers: assets
 	for s in 1 2; do $(PY) scripts/finetune.py --config configs/sentiment_minilm.py \
 	  --workdir workdirs/sent_teacher_s$$s --config.train.seed=$$s || exit 1; done
 
-# Issue 15's fair task-distillation table: 3-layer students from one init per protocol (the
+# Issue 15's fair task-distillation tables: 3-layer students from one init per protocol (the
 # fine-tuned teacher's slice, or the pretrained MiniLM's), each with and without KD, 3 seeds.
+# $(call protocols,CONFIG,PREFIX,TEACHER_DIR): the four arms in workdirs/PREFIX_<arm>, two tables.
 PROTOCOL_ARMS := baseline distill_pre baseline_ft distill
+define protocols
+	for arm in $(PROTOCOL_ARMS); do \
+	  $(PY) scripts/seeds.py --config configs/$(1).py:$$arm --workdir workdirs/$(2)_$$arm \
+	    --seeds=0,1,2 --config.teacher.path=$(3) || exit 1; done
+	$(PY) scripts/arms_table.py --metrics accuracy,mcc "pretrained slice, no teacher=workdirs/$(2)_baseline" \
+	  "pretrained slice, KD=workdirs/$(2)_distill_pre"
+	$(PY) scripts/arms_table.py --metrics accuracy,mcc "teacher slice, no teacher=workdirs/$(2)_baseline_ft" \
+	  "teacher slice, KD=workdirs/$(2)_distill"
+endef
 SENT_T := --config.teacher.path=workdirs/sent_teacher/best_hf
 results-protocols: sent-teachers
-	for arm in $(PROTOCOL_ARMS); do \
-	  $(PY) scripts/seeds.py --config configs/sentiment_minilm.py:$$arm --workdir workdirs/sent_$$arm \
-	    --seeds=0,1,2 $(SENT_T) || exit 1; done
-	$(PY) scripts/arms_table.py --metrics accuracy,mcc "pretrained slice, no teacher=workdirs/sent_baseline" \
-	  "pretrained slice, KD=workdirs/sent_distill_pre"
-	$(PY) scripts/arms_table.py --metrics accuracy,mcc "teacher slice, no teacher=workdirs/sent_baseline_ft" \
-	  "teacher slice, KD=workdirs/sent_distill"
+	$(call protocols,sentiment_minilm,sent,workdirs/sent_teacher/best_hf)
 
 # The same four arms on BBC topics, against the BBC MiniLM-L6 teacher (train.seed 4, the
 # config's default; results-compress's BBC_L): 2 epochs each, 3 seeds.
-BBC_T := --config.teacher.path=workdirs/bbc_teacher/best_hf
 results-protocols-bbc: assets
 	test -f workdirs/bbc_teacher/best_hf/config.json || $(PY) scripts/finetune.py \
 	  --config configs/bbc_minilm.py --workdir workdirs/bbc_teacher
-	for arm in $(PROTOCOL_ARMS); do \
-	  $(PY) scripts/seeds.py --config configs/bbc_minilm.py:$$arm --workdir workdirs/bbc_$$arm \
-	    --seeds=0,1,2 $(BBC_T) || exit 1; done
-	$(PY) scripts/arms_table.py --metrics accuracy,mcc "pretrained slice, no teacher=workdirs/bbc_baseline" \
-	  "pretrained slice, KD=workdirs/bbc_distill_pre"
-	$(PY) scripts/arms_table.py --metrics accuracy,mcc "teacher slice, no teacher=workdirs/bbc_baseline_ft" \
-	  "teacher slice, KD=workdirs/bbc_distill"
+	$(call protocols,bbc_minilm,bbc,workdirs/bbc_teacher/best_hf)
 
 # Issue 10's multi-teacher and cache tables: the pretrained slice distilled from one teacher (live)
 # or from the three (their mean logits, cached), 3 seeds; one cached single-teacher run to compare
