@@ -116,14 +116,14 @@ define protocols
 endef
 SENT_T := --config.teacher.path=workdirs/sent_teacher/best_hf
 results-protocols: sent-teachers
-	$(call protocols,sentiment_minilm,sent,workdirs/sent_teacher/best_hf)
+	$(call protocols,sentiment_minilm,sent,$(SENT_L))
 
 # The same four arms on BBC topics, against the BBC MiniLM-L6 teacher (train.seed 4, the
-# config's default; results-compress's BBC_L): 2 epochs each, 3 seeds.
+# config's default; BBC_L, defined with results-compress): 2 epochs each, 3 seeds.
 results-protocols-bbc: assets
-	test -f workdirs/bbc_teacher/best_hf/config.json || $(PY) scripts/finetune.py \
-	  --config configs/bbc_minilm.py --workdir workdirs/bbc_teacher
-	$(call protocols,bbc_minilm,bbc,workdirs/bbc_teacher/best_hf)
+	test -f $(BBC_L)/config.json || $(PY) scripts/finetune.py --config configs/bbc_minilm.py \
+	  --workdir workdirs/bbc_teacher
+	$(call protocols,bbc_minilm,bbc,$(BBC_L))
 
 # Issue 10's multi-teacher and cache tables: the pretrained slice distilled from one teacher (live)
 # or from the three (their mean logits, cached), 3 seeds; one cached single-teacher run to compare
