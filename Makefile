@@ -114,7 +114,8 @@ define protocols
 	$(PY) scripts/arms_table.py --metrics accuracy,mcc "teacher slice, no teacher=workdirs/$(2)_baseline_ft" \
 	  "teacher slice, KD=workdirs/$(2)_distill"
 endef
-SENT_T := --config.teacher.path=workdirs/sent_teacher/best_hf
+# Recursive (=): SENT_L is defined further down, with results-compress.
+SENT_T = --config.teacher.path=$(SENT_L)
 results-protocols: sent-teachers
 	$(call protocols,sentiment_minilm,sent,$(SENT_L))
 
