@@ -91,8 +91,16 @@ class Outcome:
     best: Checkpointer
     steps_run: int
     steps_per_epoch: int
-    train_time_s: float
+    train_time_s: float  # with the training time of the processes before a resume
     checkpoint_s: float = 0.0  # of train_time_s, spent blocked in checkpoint saves and waits
+    resumed_at_step: int = 0  # 0: this process started the run
+    carried_s: float = 0.0  # of train_time_s, spent by earlier processes (from the checkpoint)
+
+    def wall_time_s(self, t_begin: float) -> float:
+        """Seconds since ``t_begin`` (this process's start, time.perf_counter) plus the training
+        time carried over a resume, so a resumed run's wall time is not just its last part (the
+        setup time of the processes before it is not known, so not counted)."""
+        return time.perf_counter() - t_begin + self.carried_s
 
     def best_params(self, template):
         """NumPy params of the best eval (the last state's when nothing was evaluated), the same
@@ -150,7 +158,10 @@ class Loop:
                 ckpt.wait()  # job reads the best params or exports, and when the run failed
         train_time = time.perf_counter() - self.t0
         saves = self.last.blocked_s + self.best.blocked_s
-        return Outcome(state, self.early, self.best, step, len(batches), train_time, saves)
+        return Outcome(
+            state, self.early, self.best, step, len(batches), train_time, saves, start,
+            self.elapsed0,
+        )  # fmt: skip
 
     def _steps(self, engine, feed, state, step: int, token_weights):
         step_fn = sharding.compile_together(engine.step_fn)

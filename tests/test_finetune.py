@@ -478,6 +478,11 @@ def test_resume_continues_and_a_fresh_run_drops_stale_outputs(tiny_dir, tmp_path
     with (tmp_path / "job" / "eval.csv").open() as f:
         steps = [int(r["step"]) for r in csv.DictReader(f)]
     assert (first["steps_run"], second["steps_run"], steps) == (4, 6, [2, 4, 6])
+    assert (first["resumed_at_step"], second["resumed_at_step"]) == (0, 4)
+    # Training is part of the run: a resumed run's wall time counts the training before the
+    # resume too (it once counted only the last process, below its own train_time_s).
+    for res in (first, second):
+        assert res["wall_time_s"] >= res["train_time_s"] > 0
     # A workdir without checkpoints (here: deleted) starts afresh, with none of the old logs.
     import shutil
 

@@ -384,6 +384,8 @@ def test_exact_resume(config_file, tmp_path, monkeypatch, compile_cache):
     want = json.loads((full / "results.json").read_text())
     for k in ("best_value", "best_step", "test_mean"):
         assert res[k] == want[k]
+    assert (want["resumed_at_step"], res["resumed_at_step"]) == (0, 4)
+    assert res["wall_time_s"] >= res["train_time_s"]  # the first process's training counts too
     for name in ("train.csv", "eval.csv"):
         got, ref = _rows(work / name), _rows(full / name)
         drop = lambda rows: [{k: v for k, v in r.items() if k != "elapsed_s"} for r in rows]

@@ -175,6 +175,7 @@ def _finish(cfg, workdir, params, out, s_cfg, teacher, held_rows, obj, tokenizer
         best_step=out.early.best_step,
         stopped_early=out.early.should_stop,
         train_time_s=out.train_time_s,
+        resumed_at_step=out.resumed_at_step,
     )
     if sharding.is_primary():  # process 0 alone exports and writes the results
         if cfg.export.hf:

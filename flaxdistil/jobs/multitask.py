@@ -286,7 +286,7 @@ def run(cfg, workdir) -> dict:
                                    multitask.task_params(best, task.name), task.config, task.head,
                                    tokenizer, task.data, pad, cfg.export.check)  # fmt: skip
             results["tasks"][task.name].update(res)
-    results["wall_time_s"] = time.perf_counter() - t_begin
+    results["wall_time_s"] = out.wall_time_s(t_begin)
     if sharding.is_primary():
         (workdir / "results.json").write_text(json.dumps(results, indent=2))
     return results
@@ -322,4 +322,5 @@ def _results(cfg, loop_cfg, tasks, batches, best, out, test) -> dict:
         "test_mean": test["mean"],
         "test": test,  # flat: '<task>/<metric>' and 'mean' (what scripts/seeds.py summarises)
         "train_time_s": out.train_time_s,
+        "resumed_at_step": out.resumed_at_step,
     }

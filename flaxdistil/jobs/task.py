@@ -153,6 +153,7 @@ def run(cfg, workdir) -> dict:
         "test": test,
         "test_per_label": per_label,
         "train_time_s": out.train_time_s,
+        "resumed_at_step": out.resumed_at_step,
     }
     primary = sharding.is_primary()  # process 0 alone exports and writes the results
     if cfg.prune.sparsity:
@@ -160,7 +161,7 @@ def run(cfg, workdir) -> dict:
     if cfg.export.hf and primary:
         results.update(_export(cfg, workdir, best, s_cfg, head, tokenizer, data, pad))
         common.save_projections(workdir / "projections.npz", out.state.proj)
-    results["wall_time_s"] = time.perf_counter() - t_begin
+    results["wall_time_s"] = out.wall_time_s(t_begin)
     if primary:
         (workdir / "results.json").write_text(json.dumps(results, indent=2))
     sharding.barrier("task job: outputs written")  # what runs next may read them
