@@ -183,7 +183,8 @@ results-antiberty: assets
 # Issue 15's seed 000 comparison on BBC topics (configs/bbc_minilm.py:compare): MiniLM-L6, its
 # 3- and 2-layer slices, results-general's two distilled 3-layer students and a random T4-tiny,
 # fine-tuned with identical hyperparameters over seeds 0, 1, 2: comparison.csv, summary.csv,
-# comparison.md (paired differences from MiniLM-L6), mcc_vs_steps.png, runtime.png.
+# comparison.md (paired differences from MiniLM-L6), mcc_vs_steps.png, runtime.png. About 2 h
+# on the 2-core CPU after results-general (2026-12-07; README, reports/compare_bbc.md).
 results-compare: results-general
 	$(PY) scripts/compare_models.py --config configs/bbc_minilm.py:compare \
 	  --workdir workdirs/compare_bbc

@@ -217,8 +217,10 @@ def write_report(rows: list[dict], curves: dict, out_dir, metric: str = "mcc") -
     fig, ax = plt.subplots(figsize=(7, 4.5))
     minutes = [r["wall_time_s_mean"] / 60 for r in summary]
     err = [r["wall_time_s_std"] / 60 for r in summary]
-    bars = ax.bar([r["model"] for r in summary], minutes, yerr=err, capsize=4, color="tab:blue")
-    ax.bar_label(bars, labels=[f"{m:.1f}" for m in minutes])
+    names = [r["model"] for r in summary]
+    bars = ax.bar(range(len(names)), minutes, yerr=err, capsize=4, color="tab:blue")
+    ax.bar_label(bars, labels=[f"{m:.1f}" for m in minutes], padding=6)
+    ax.set_xticks(range(len(names)), names, rotation=20, ha="right")  # long names overlap flat
     ax.set(ylabel="wall time (minutes)", title=f"run time per model{band}")
     runtime_png = out_dir / "runtime.png"
     fig.tight_layout()
