@@ -159,8 +159,8 @@ class Loop:
         train_time = time.perf_counter() - self.t0
         saves = self.last.blocked_s + self.best.blocked_s
         return Outcome(
-            state, self.early, self.best, step, len(batches), train_time, saves, start,
-            self.elapsed0,
+            state, self.early, self.best, step, len(batches), train_time, saves,
+            resumed_at_step=start, carried_s=self.elapsed0,
         )  # fmt: skip
 
     def _steps(self, engine, feed, state, step: int, token_weights):
