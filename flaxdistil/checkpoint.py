@@ -28,13 +28,20 @@ class Checkpointer:
     def __init__(self, directory, every: int, keep: int = 2, async_save: bool = False):
         self.every, self.async_save = every, async_save
         self.blocked_s = 0.0  # time the caller spent in save() and waits: the checkpoint stall
+        directory = Path(directory).resolve()
         self.manager = ocp.CheckpointManager(
-            Path(directory).resolve(),
+            directory,
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=keep,
                 create=True,
                 enable_async_checkpointing=async_save,
                 cleanup_tmp_directories=True,
+                # orbax's cross-process barriers are named by step ("async_write_complete.12"):
+                # two managers saving the same step at once (the loop's last and best) would
+                # meet at one barrier and fail with "already ongoing" unless their names differ.
+                multiprocessing_options=ocp.options.MultiprocessingOptions(
+                    barrier_sync_key_prefix=directory.name
+                ),
             ),
         )
 

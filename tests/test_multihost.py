@@ -83,9 +83,14 @@ def commands(workdir: Path, teacher: Path, processes: int) -> list[tuple[list[st
 def start(workdir, teacher, processes) -> list[subprocess.Popen]:
     """The processes of one run, their output in files beside ``workdir`` (a pipe nobody reads
     while they run would fill up and block them)."""
-    procs, launch = [], next(LAUNCHES)
-    for i, (cmd, e) in enumerate(commands(workdir, teacher, processes)):
-        log = workdir.parent / f"{workdir.name}.launch{launch}.p{i}.log"
+    name = f"{workdir.name}.launch{next(LAUNCHES)}"
+    return launch(commands(workdir, teacher, processes), workdir.parent, name)
+
+
+def launch(cmds, log_dir: Path, name: str) -> list[subprocess.Popen]:
+    procs = []
+    for i, (cmd, e) in enumerate(cmds):
+        log = log_dir / f"{name}.p{i}.log"
         with log.open("w") as f:
             p = subprocess.Popen(cmd, env=e, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
         p.log = log
@@ -232,6 +237,51 @@ def test_sigkill_both_processes_then_restart_resumes(
     reference = two_processes if same else one_process
     assert_same_rows(two_processes / "train.csv", workdir / "train.csv", rtol=0 if same else 1e-5)
     assert_params_close(final_params(reference), final_params(workdir), exact=same)
+
+
+# Two async managers (the loop's last and best) saving the same steps at once, in 2 processes.
+TWO_MANAGERS = """
+import sys, time, jax, numpy as np
+jax.distributed.initialize(sys.argv[1], 2, int(sys.argv[2]))
+from pathlib import Path
+from orbax.checkpoint._src.multihost import multihost
+from flaxdistil.checkpoint import Checkpointer
+if jax.process_index() == 1:  # a slower host: its writes reach orbax's barrier a second late
+    make_sync = multihost.get_barrier_sync_fn
+    def get_barrier_sync_fn(**kw):
+        sync = make_sync(**kw)
+        def late(**args):
+            if "async_write_complete" in args["key"]:
+                time.sleep(1)
+            return sync(**args)
+        return late
+    multihost.get_barrier_sync_fn = get_barrier_sync_fn
+root, SIZE = Path(sys.argv[3]), 1000
+ckpts = [Checkpointer(root / name, 1, keep=2, async_save=True) for name in ("checkpoints", "best")]
+for step in range(1, 6):
+    for i, c in enumerate(ckpts):
+        c.save(step, {"w": np.full(SIZE, 10 * step + i, np.float32)}, {"step": step})
+for c in ckpts:
+    c.wait()
+for i, c in enumerate(ckpts):
+    state, data = c.restore({"w": np.zeros(SIZE, np.float32)})
+    assert c.latest_step() == 5 and data == {"step": 5}, (c.latest_step(), data)
+    np.testing.assert_array_equal(state["w"], np.full(SIZE, 50 + i, np.float32))
+print("ok", flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_two_async_checkpointers_save_the_same_steps_in_two_processes(tmp_path):
+    """orbax names its cross-process barriers by step: without a prefix per manager, the last
+    and best managers' background writes of one step meet at one barrier ("already ongoing") and
+    the run hangs at its final wait (seen in CI on the resumed 2-process run)."""
+    address, e = f"localhost:{free_port()}", dict(env(1))
+    cmd = [sys.executable, "-c", TWO_MANAGERS, address]
+    procs = launch([([*cmd, str(i), str(tmp_path / "run")], e) for i in range(2)], tmp_path, "run")
+    out = finish(procs, timeout=240)
+    assert all(rc == 0 for rc, _ in out), "\n".join(f"rc {rc}: {log[-3000:]}" for rc, log in out)
+    assert all(log.rstrip().endswith("ok") for _, log in out)
 
 
 # ---------------------------------------------------------------- in this process
