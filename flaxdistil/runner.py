@@ -9,6 +9,8 @@ JAX's multi-host runtime when the last three flags (or the cluster environment, 
 ``sharding.initialize_distributed``) say this is one process of several, and calls
 ``job(config, workdir)``. Every error a user can cause ends in one ``error: ...`` line naming
 what was expected and what was found, and exit status 1 (FLAXDISTIL_DEBUG=1 shows the traceback).
+One process of a multi-host run that fails prints its error and leaves at once, so the others'
+collectives fail too and the whole run ends in seconds instead of hanging.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import inspect
 import json
 import os
 import sys
+import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,12 +57,32 @@ def user_errors():
         yield
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
-        sys.exit(130)
+        _exit(130)
     except Exception as e:  # noqa: BLE001 - only the user-error kinds are turned into one line
         if os.environ.get("FLAXDISTIL_DEBUG") or not isinstance(e, _user_error_types()):
-            raise
-        print(f"error: {_one_line(e)}", file=sys.stderr)
-        sys.exit(1)
+            if not _one_of_several_processes():
+                raise
+            traceback.print_exc()
+        else:
+            print(f"error: {_one_line(e)}", file=sys.stderr)
+        _exit(1)
+
+
+def _one_of_several_processes() -> bool:
+    jax = sys.modules.get("jax")  # not imported: no runtime was started
+    return jax is not None and jax.distributed.is_initialized()
+
+
+def _exit(code: int) -> None:
+    """Exit; one process of several leaves at once. A normal exit would wait at JAX's shutdown
+    barrier for the others, which wait in a collective or barrier for this one: 5 minutes, then
+    all abort with a C++ stack trace. Gone at once, its peers' collectives fail (gloo: connection
+    closed; the coordination service, which process 0 hosts, unreachable) and they end too."""
+    if _one_of_several_processes():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 def _one_line(e: Exception) -> str:

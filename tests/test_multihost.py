@@ -284,6 +284,60 @@ def test_two_async_checkpointers_save_the_same_steps_in_two_processes(tmp_path):
     assert all(log.rstrip().endswith("ok") for _, log in out)
 
 
+# One process fails while the other waits for it: in a collective (gloo) or at a barrier of the
+# coordination service (orbax's kind), which process 0 hosts.
+ONE_FAILS = """
+import sys
+import jax
+from flaxdistil import runner, sharding
+
+def job(cfg, workdir, failing, kind, wait):
+    if jax.process_index() == int(failing):
+        raise RuntimeError("a bug") if kind == "bug" else FileNotFoundError("no such file: x")
+    if wait == "collective":
+        sharding.barrier("waits for the other process")
+    else:
+        from jax._src import distributed
+        distributed.global_state.client.wait_at_barrier("waits for the other process", 200_000)
+
+runner.run(job, sys.argv[1:], flags={"failing": None, "kind": None, "wait": None})
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "failing, kind, wait, says",
+    [
+        (1, "bug", "collective", "RuntimeError: a bug"),
+        (0, "user", "barrier", "error: no such file"),
+    ],
+)
+def test_a_failing_process_ends_the_run_at_once(failing, kind, wait, says, tmp_path):
+    """Seconds, not JAX's 5-minute shutdown barrier then an abort on every process: the failing
+    process prints its error (one line for a user's mistake) and leaves at once, and its peer's
+    wait fails."""
+    address, e = f"localhost:{free_port()}", dict(env(1))
+    flags = ["--config", str(ROOT / "configs" / "tiny.py"), "--workdir", str(tmp_path / "w")]
+    flags += [f"--failing={failing}", f"--kind={kind}", f"--wait={wait}"]
+    dist = [f"--coordinator_address={address}", "--num_processes=2"]
+    cmds = [
+        ([sys.executable, "-c", ONE_FAILS, *flags, *dist, f"--process_id={i}"], e) for i in (0, 1)
+    ]
+    t0 = time.monotonic()
+    procs = launch(cmds, tmp_path, "run")
+    try:
+        for p in procs:
+            p.wait(timeout=120)
+    finally:
+        kill(procs)
+    assert time.monotonic() - t0 < 60
+    logs = [p.log.read_text() for p in procs]
+    assert [p.returncode for p in procs] == [1, 1], logs
+    assert says in logs[failing], logs[failing]
+    if kind == "user":
+        assert "Traceback" not in logs[failing], logs[failing]
+
+
 # ---------------------------------------------------------------- in this process
 
 
