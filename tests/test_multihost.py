@@ -81,13 +81,14 @@ def commands(workdir: Path, teacher: Path, processes: int) -> list[tuple[list[st
 
 
 def start(workdir, teacher, processes) -> list[subprocess.Popen]:
-    """The processes of one run, their output in files beside ``workdir`` (a pipe nobody reads
-    while they run would fill up and block them)."""
+    """The processes of one run, their logs beside ``workdir``."""
     name = f"{workdir.name}.launch{next(LAUNCHES)}"
     return launch(commands(workdir, teacher, processes), workdir.parent, name)
 
 
 def launch(cmds, log_dir: Path, name: str) -> list[subprocess.Popen]:
+    """One process per (command, env), its output in ``log_dir/name.p<i>.log`` (a pipe nobody
+    reads while they run would fill up and block them)."""
     procs = []
     for i, (cmd, e) in enumerate(cmds):
         log = log_dir / f"{name}.p{i}.log"
@@ -276,7 +277,7 @@ def test_two_async_checkpointers_save_the_same_steps_in_two_processes(tmp_path):
     """orbax names its cross-process barriers by step: without a prefix per manager, the last
     and best managers' background writes of one step meet at one barrier ("already ongoing") and
     the run hangs at its final wait (seen in CI on the resumed 2-process run)."""
-    address, e = f"localhost:{free_port()}", dict(env(1))
+    address, e = f"localhost:{free_port()}", env(1)
     cmd = [sys.executable, "-c", TWO_MANAGERS, address]
     procs = launch([([*cmd, str(i), str(tmp_path / "run")], e) for i in range(2)], tmp_path, "run")
     out = finish(procs, timeout=240)
@@ -316,7 +317,7 @@ def test_a_failing_process_ends_the_run_at_once(failing, kind, wait, says, tmp_p
     """Seconds, not JAX's 5-minute shutdown barrier then an abort on every process: the failing
     process prints its error (one line for a user's mistake) and leaves at once, and its peer's
     wait fails."""
-    address, e = f"localhost:{free_port()}", dict(env(1))
+    address, e = f"localhost:{free_port()}", env(1)
     flags = ["--config", str(ROOT / "configs" / "tiny.py"), "--workdir", str(tmp_path / "w")]
     flags += [f"--failing={failing}", f"--kind={kind}", f"--wait={wait}"]
     dist = [f"--coordinator_address={address}", "--num_processes=2"]
